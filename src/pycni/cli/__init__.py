@@ -1,0 +1,1 @@
+"""The `pycni` command line."""

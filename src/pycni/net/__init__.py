@@ -1,0 +1,1 @@
+"""Kernel-facing helpers shared by plugins: namespaces, netlink, sysctl, nftables, tc."""

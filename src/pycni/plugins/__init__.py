@@ -1,0 +1,1 @@
+"""The plugins pycni ships: `main` (interfaces), `ipam` (addresses), `meta` (chained)."""

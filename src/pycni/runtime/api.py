@@ -1,0 +1,282 @@
+"""Running network configuration lists: ADD, CHECK, DEL, GC, STATUS and VERSION,
+with libcni's semantics and its result cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycni.runtime import cache, invoke
+from pycni.spec import jsonfmt, names
+from pycni.spec import version as versions
+from pycni.spec.args import format_pairs
+from pycni.spec.config import NetworkConfigList
+from pycni.spec.errors import CNIError, Code
+from pycni.spec.result import Result
+
+log = logging.getLogger("pycni.runtime")
+
+VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+# libcni sends the list under the key an earlier draft of the spec used as well.
+LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"
+
+
+@dataclass
+class RuntimeConf:
+    """The per-attachment parameters of one operation (libcni's RuntimeConf)."""
+
+    container_id: str
+    netns: str
+    ifname: str = "eth0"
+    args: list[tuple[str, str]] = field(default_factory=list)
+    capability_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GCArgs:
+    valid_attachments: list[tuple[str, str]] = field(default_factory=list)  # (containerID, ifname)
+
+
+class PluginFailed(CNIError):
+    """A plugin of a chain failed; keeps the plugin's own code."""
+
+    def __init__(self, plugin: dict[str, Any], op: str, cause: CNIError) -> None:
+        desc = f'type="{plugin.get("type")}"'
+        if plugin.get("name"):
+            desc += f' name="{plugin["name"]}"'
+        super().__init__(cause.code, f"plugin {desc} failed ({op}): {cause.msg}", cause.details)
+        self.cause = cause
+
+
+class CNIConfig:
+    """A runtime: where plugins are found, where results are cached, how long a plugin may run."""
+
+    def __init__(
+        self,
+        path: Sequence[str],
+        cache_dir: str = cache.DEFAULT_CACHE_DIR,
+        timeout: float = invoke.DEFAULT_TIMEOUT,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = [p for p in path if p]
+        self.cache_dir = cache_dir
+        self.timeout = timeout
+        self.base_env = base_env
+
+    # -- building one plugin's stdin ------------------------------------------
+    @staticmethod
+    def build_config(
+        net: NetworkConfigList,
+        plugin: dict[str, Any],
+        prev_result: Result | None = None,
+        rt: RuntimeConf | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The request configuration: the plugin object with name, cniVersion,
+        prevResult and runtimeConfig inserted and capabilities removed."""
+        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf["name"] = net.name
+        conf["cniVersion"] = net.cni_version
+        if prev_result is not None:
+            conf["prevResult"] = prev_result.to_dict()
+        if rt is not None:
+            runtime_config = {
+                cap: rt.capability_args[cap]
+                for cap, enabled in (plugin.get("capabilities") or {}).items()
+                if enabled and cap in rt.capability_args
+            }
+            if runtime_config:
+                conf["runtimeConfig"] = runtime_config
+        if extra:
+            conf.update(extra)
+        return jsonfmt.dumps(conf).encode()
+
+    def _args(self, command: str, rt: RuntimeConf | None) -> invoke.Args:
+        if rt is None:
+            return invoke.Args(command=command, path=":".join(self.path))
+        return invoke.Args(
+            command=command,
+            container_id=rt.container_id,
+            netns=rt.netns,
+            ifname=rt.ifname,
+            cni_args=format_pairs(rt.args),
+            path=":".join(self.path),
+        )
+
+    def _env(self, command: str, rt: RuntimeConf | None) -> dict[str, str]:
+        return self._args(command, rt).as_env(self.base_env)
+
+    @staticmethod
+    def _validate_attachment(net: NetworkConfigList, rt: RuntimeConf) -> None:
+        names.validate_container_id(rt.container_id)
+        names.validate_network_name(net.name)
+        names.validate_interface_name(rt.ifname)
+
+    # -- ADD -------------------------------------------------------------------
+    def add_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> Result:
+        self._validate_attachment(net, rt)
+        result: Result | None = None
+        for plugin in net.plugins:
+            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            stdin = self.build_config(net, plugin, result, rt)
+            try:
+                result = invoke.exec_with_result(plugin_path, stdin, self._env("ADD", rt), net.cni_version, self.timeout)
+            except CNIError as err:
+                raise PluginFailed(plugin, "add", err) from None
+        assert result is not None  # a list always has a plugin
+        entry = cache.CachedAttachment(
+            container_id=rt.container_id,
+            network=net.name,
+            ifname=rt.ifname,
+            config=net.raw_bytes,
+            netns=rt.netns,
+            cni_args=rt.args or None,
+            capability_args=rt.capability_args,
+            raw_result=result.to_dict(),
+        )
+        try:
+            cache.write(self.cache_dir, entry)
+        except OSError as exc:
+            raise CNIError(Code.IO_FAILURE, f'failed to set network "{net.name}" cached result: {exc}') from None
+        return result
+
+    # -- CHECK -----------------------------------------------------------------
+    def check_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> None:
+        if not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "0.4.0"):
+            raise CNIError(
+                Code.INCOMPATIBLE_CNI_VERSION,
+                f'configuration version "{net.cni_version}" does not support the CHECK command',
+            )
+        if net.disable_check:
+            return
+        self._validate_attachment(net, rt)
+        cached = self._cached_result(net, rt)
+        if cached is None:
+            raise CNIError(
+                Code.UNKNOWN_CONTAINER,
+                f"no cached result for network {net.name!r}, container {rt.container_id!r}, "
+                f"interface {rt.ifname!r} in {cache.results_dir(self.cache_dir)}: CHECK needs the result of its ADD",
+            )
+        for plugin in net.plugins:
+            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            stdin = self.build_config(net, plugin, cached, rt)
+            try:
+                invoke.exec_without_result(plugin_path, stdin, self._env("CHECK", rt), self.timeout)
+            except CNIError as err:
+                raise PluginFailed(plugin, "check", err) from None
+
+    # -- DEL -------------------------------------------------------------------
+    def del_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> None:
+        self._validate_attachment(net, rt)
+        cached: Result | None = None
+        if versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "0.4.0"):
+            try:
+                cached = self._cached_result(net, rt)
+            except (CNIError, ValueError) as exc:
+                # A corrupt cache must never block DEL: drop it and delete without prevResult.
+                log.warning("ignoring unreadable cached result of %s/%s/%s: %s", net.name, rt.container_id, rt.ifname, exc)
+                cache.remove(self.cache_dir, net.name, rt.container_id, rt.ifname)
+        for plugin in reversed(net.plugins):
+            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            stdin = self.build_config(net, plugin, cached, rt)
+            try:
+                invoke.exec_without_result(plugin_path, stdin, self._env("DEL", rt), self.timeout)
+            except CNIError as err:
+                raise PluginFailed(plugin, "delete", err) from None
+        cache.remove(self.cache_dir, net.name, rt.container_id, rt.ifname)
+
+    def _cached_result(self, net: NetworkConfigList, rt: RuntimeConf) -> Result | None:
+        try:
+            result = cache.read_result(self.cache_dir, net.name, rt.container_id, rt.ifname)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cache file is not JSON: {exc}") from None
+        if result is None:
+            return None
+        target = net.cni_version or versions.IMPLICIT_VERSION
+        if result.cni_version != target:
+            # The list's version decides prevResult's version (libcni's GetAsVersion).
+            result = result.convert(target)
+        return result
+
+    def cached_result(self, net: NetworkConfigList, rt: RuntimeConf) -> Result | None:
+        return self._cached_result(net, rt)
+
+    # -- GC --------------------------------------------------------------------
+    def gc_network_list(self, net: NetworkConfigList, args: GCArgs | None) -> list[CNIError]:
+        """DEL every cached attachment of `net` outside the valid set, then GC every
+        plugin (spec 1.1.0). Errors are collected, not fatal: GC cleans all it can."""
+        valid = set(args.valid_attachments) if args is not None else set()
+        errors: list[CNIError] = []
+        for entry in cache.list_attachments(self.cache_dir):
+            if entry.network != net.name or (entry.container_id, entry.ifname) in valid:
+                continue
+            rt = RuntimeConf(
+                container_id=entry.container_id,
+                netns=entry.netns,
+                ifname=entry.ifname,
+                args=list(entry.cni_args or []),
+                capability_args=entry.capability_args,
+            )
+            try:
+                self.del_network_list(net, rt)
+            except CNIError as err:
+                errors.append(
+                    CNIError(err.code, f"failed to delete stale attachment {rt.container_id} {rt.ifname}: {err.msg}", err.details)
+                )
+        if net.disable_gc or not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "1.1.0"):
+            return errors
+        attachments = [{"containerID": c, "ifname": i} for c, i in (args.valid_attachments if args else [])]
+        extra = {VALID_ATTACHMENTS_KEY: attachments, LEGACY_ATTACHMENTS_KEY: attachments}
+        for plugin in net.plugins:
+            try:
+                plugin_path = invoke.find_in_path(plugin["type"], self.path)
+                stdin = self.build_config(net, plugin, extra=extra)
+                invoke.exec_without_result(plugin_path, stdin, self._env("GC", None), self.timeout)
+            except CNIError as err:
+                errors.append(CNIError(err.code, f"failed to GC plugin {plugin['type']}: {err.msg}", err.details))
+        return errors
+
+    # -- STATUS ----------------------------------------------------------------
+    def status_network_list(self, net: NetworkConfigList) -> None:
+        """Raise the first plugin's error; versions before 1.1.0 have no STATUS and are ready."""
+        if not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "1.1.0"):
+            return
+        for plugin in net.plugins:
+            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            stdin = self.build_config(net, plugin)
+            invoke.exec_without_result(plugin_path, stdin, self._env("STATUS", None), self.timeout)
+
+    # -- VERSION / validation ----------------------------------------------------
+    def version_info(self, plugin_type: str) -> list[str]:
+        return invoke.version_info(invoke.find_in_path(plugin_type, self.path), self.base_env, self.timeout)
+
+    def validate_network_list(self, net: NetworkConfigList) -> list[str]:
+        """Every plugin exists and supports the list's version (the IPAM plugin too);
+        return the capabilities the list declares. All problems are reported at once."""
+        problems: list[str] = []
+        caps: set[str] = set()
+        wanted = net.cni_version or versions.IMPLICIT_VERSION
+        for idx, plugin in enumerate(net.plugins):
+            types = [plugin["type"]]
+            ipam = plugin.get("ipam")
+            if isinstance(ipam, dict) and isinstance(ipam.get("type"), str):
+                types.append(ipam["type"])
+            for plugin_type in types:
+                try:
+                    supported = self.version_info(plugin_type)
+                except CNIError as err:
+                    problems.append(f"plugins[{idx}] {plugin_type}: {err}")
+                    continue
+                if wanted not in supported:
+                    problems.append(
+                        f'plugins[{idx}] {plugin_type} does not support config version "{wanted}" '
+                        f"(it supports {', '.join(supported)})"
+                    )
+            caps.update(c for c, on in (plugin.get("capabilities") or {}).items() if on)
+        if problems:
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, f'network "{net.name}" is not valid: ' + "; ".join(problems))
+        return sorted(caps)

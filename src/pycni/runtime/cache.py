@@ -1,0 +1,199 @@
+"""libcni's result cache (``cniCacheV1``), read and written in its exact format.
+
+An attachment added by containerd, CRI-O or podman (all libcni) can be checked
+or deleted by pycni, and the other way round: the file is
+``<cacheDir>/results/<network>-<containerID>-<ifname>`` (directory 0700, file 0600)
+holding the conflist bytes (base64, as Go encodes []byte), the runtime arguments
+and the final result as a JSON object with sorted keys (a Go map).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycni.spec import jsonfmt
+from pycni.spec.errors import CNIError, Code
+from pycni.spec.result import Result
+
+KIND = "cniCacheV1"
+DEFAULT_CACHE_DIR = "/var/lib/cni"
+
+
+@dataclass
+class CachedAttachment:
+    container_id: str
+    network: str
+    ifname: str
+    config: bytes = b""
+    netns: str = ""
+    cni_args: list[tuple[str, str]] | None = None
+    capability_args: dict[str, Any] = field(default_factory=dict)
+    raw_result: dict[str, Any] | None = None
+
+    def result(self) -> Result | None:
+        if self.raw_result is None:
+            return None
+        return Result.from_dict(self.raw_result)
+
+
+def results_dir(cache_dir: str) -> str:
+    return os.path.join(cache_dir, "results")
+
+
+def cache_path(cache_dir: str, network: str, container_id: str, ifname: str) -> str:
+    if not network or not container_id or not ifname:
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT_VARIABLES,
+            f"cache file path requires network name ({network!r}), container ID ({container_id!r}), "
+            f"and interface name ({ifname!r})",
+        )
+    return os.path.join(results_dir(cache_dir), f"{network}-{container_id}-{ifname}")
+
+
+def _sorted(value: Any) -> Any:
+    """Go marshals a map[string]interface{} with its keys sorted, at every depth."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def encode(entry: CachedAttachment) -> bytes:
+    doc: dict[str, Any] = {
+        "kind": KIND,
+        "containerId": entry.container_id,
+        "config": base64.b64encode(entry.config).decode(),
+        "ifName": entry.ifname,
+        "networkName": entry.network,
+    }
+    if entry.netns:
+        doc["netns"] = entry.netns
+    if entry.cni_args:
+        doc["cniArgs"] = [[k, v] for k, v in entry.cni_args]
+    if entry.capability_args:
+        doc["capabilityArgs"] = _sorted(entry.capability_args)
+    if entry.raw_result:
+        doc["result"] = _sorted(entry.raw_result)
+    return jsonfmt.dumps(doc).encode()
+
+
+def write(cache_dir: str, entry: CachedAttachment) -> str:
+    """Write atomically (a reader never sees half a file), 0600 in a 0700 directory."""
+    path = cache_path(cache_dir, entry.network, entry.container_id, entry.ifname)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode(entry))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def decode(data: bytes) -> CachedAttachment:
+    """Parse a cache file; ValueError when it is not a cniCacheV1 document."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise ValueError(f"not a {KIND} document")
+    try:
+        config = base64.b64decode(doc.get("config") or "", validate=True)
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError(f"config is not base64: {exc}") from None
+    raw_args = doc.get("cniArgs")
+    cni_args = None
+    if raw_args is not None:
+        if not isinstance(raw_args, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in raw_args
+        ):
+            raise ValueError("cniArgs is not a list of pairs")
+        cni_args = [(p[0], p[1]) for p in raw_args]
+    caps = doc.get("capabilityArgs") or {}
+    result = doc.get("result")
+    if not isinstance(caps, dict) or (result is not None and not isinstance(result, dict)):
+        raise ValueError("capabilityArgs and result must be objects")
+    fields = {k: doc.get(k, "") for k in ("containerId", "networkName", "ifName", "netns")}
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise ValueError("containerId, networkName, ifName and netns must be strings")
+    return CachedAttachment(
+        container_id=fields["containerId"],
+        network=fields["networkName"],
+        ifname=fields["ifName"],
+        config=config,
+        netns=fields["netns"],
+        cni_args=cni_args,
+        capability_args=caps,
+        raw_result=result,
+    )
+
+
+def read(cache_dir: str, network: str, container_id: str, ifname: str) -> CachedAttachment | None:
+    """The cached attachment, None when there is none; ValueError when the file is corrupt."""
+    path = cache_path(cache_dir, network, container_id, ifname)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    return decode(data)
+
+
+def read_result(cache_dir: str, network: str, container_id: str, ifname: str) -> Result | None:
+    """The cached result; a legacy file holding a bare result (pre-cniCacheV1) is read too."""
+    path = cache_path(cache_dir, network, container_id, ifname)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    try:
+        entry = decode(data)
+    except ValueError:
+        return Result.from_dict(json.loads(data))  # libcni's legacy cache: the result itself
+    return entry.result()
+
+
+def remove(cache_dir: str, network: str, container_id: str, ifname: str) -> None:
+    try:
+        os.unlink(cache_path(cache_dir, network, container_id, ifname))
+    except FileNotFoundError:
+        pass
+
+
+def list_attachments(cache_dir: str, container_id: str = "") -> list[CachedAttachment]:
+    """Every readable cached attachment (libcni's GetCachedAttachments); corrupt files are skipped."""
+    directory = results_dir(cache_dir)
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in entries:
+        if name.startswith(".tmp-"):
+            continue
+        if container_id and f"-{container_id}-" not in name:
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as fh:
+                entry = decode(fh.read())
+        except (OSError, ValueError):
+            continue
+        if container_id and entry.container_id != container_id:
+            continue
+        if not entry.ifname or not entry.network:
+            continue
+        found.append(entry)
+    return found

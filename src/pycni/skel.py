@@ -1,0 +1,311 @@
+"""The plugin entry: environment and stdin in, a result or an error out.
+
+`dispatch` is pure: it reads only the mapping and bytes it is given and returns
+what a plugin process would print and its exit code. The same call serves a
+plugin executable (`main`), the resident agent and in-process delegation, so it
+must not change process-wide state (environment, working directory, signal
+handlers, the namespaces of the calling thread).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, NoReturn
+
+from pycni.spec import args as cni_args
+from pycni.spec import jsonfmt, names
+from pycni.spec import version as versions
+from pycni.spec.config import PluginConf
+from pycni.spec.errors import CNIError, Code
+from pycni.spec.result import Result, version_result
+
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+
+# Environment each command needs (the spec's "required environment parameters").
+_REQUIRED_ENV: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+    "VERSION": (),
+}
+# The first spec version that has each command.
+_MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+LOG_FILE_ENV = "PYCNI_LOG_FILE"
+DEFAULT_LOG_FILE = "/var/log/pycni/plugins.log"
+
+
+@dataclass
+class CmdArgs:
+    """One plugin invocation, parsed and validated."""
+
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: str
+    path: list[str]
+    stdin: bytes
+    conf: PluginConf
+    env: Mapping[str, str]
+    plugin_type: str
+    log: logging.LoggerAdapter[logging.Logger]
+
+    @property
+    def cni_version(self) -> str:
+        return self.conf.cni_version
+
+    @property
+    def prev_result(self) -> Result | None:
+        if self.conf.prev_result is None and "prevResult" in self.conf.raw:
+            self.conf.load_prev_result()
+        return self.conf.prev_result
+
+    def cni_args_dict(self, known: tuple[str, ...] = ()) -> dict[str, str]:
+        """CNI_ARGS as a dict; unknown keys are refused unless IgnoreUnknown=1."""
+        return cni_args.load(self.args, known)
+
+    def cni_args_pairs(self) -> list[tuple[str, str]]:
+        return cni_args.parse(self.args)
+
+
+@dataclass
+class Outcome:
+    """What the plugin process prints and how it exits."""
+
+    stdout: bytes = b""
+    stderr: bytes = b""
+    code: int = 0
+    result: Result | None = field(default=None, repr=False)
+
+
+class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        prefix = " ".join(f"{k}={v}" for k, v in extra.items() if v)
+        return (f"[{prefix}] {msg}" if prefix else msg), kwargs
+
+
+def plugin_module(plugin: str | ModuleType) -> ModuleType:
+    if isinstance(plugin, ModuleType):
+        return plugin
+    from pycni.plugins import registry
+
+    return importlib.import_module(registry.module_name(plugin))
+
+
+def plugin_type_of(module: ModuleType) -> str:
+    from pycni.plugins import registry
+
+    return registry.type_of(module.__name__)
+
+
+def supported_versions(module: ModuleType) -> tuple[str, ...]:
+    return tuple(getattr(module, "SUPPORTED_VERSIONS", versions.ALL_VERSIONS))
+
+
+def _error_outcome(err: CNIError, cni_version: str, stderr: bytes = b"") -> Outcome:
+    body = jsonfmt.dumps_indent(err.to_dict(cni_version)) + "\n"
+    return Outcome(stdout=body.encode(), stderr=stderr, code=1)
+
+
+def _about(module: ModuleType, plugin_type: str) -> bytes:
+    about = getattr(module, "ABOUT", f"CNI {plugin_type} plugin (pycni)")
+    supported = ", ".join(supported_versions(module))
+    return f"{about}\nCNI protocol versions supported: {supported}\n".encode()
+
+
+def _check_not_own_netns(netns: str) -> None:
+    """Refuse a CNI_NETNS that is the namespace the plugin itself runs in."""
+    try:
+        target = os.stat(netns)
+        own = os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # the plugin reports a missing namespace in its own terms
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT_VARIABLES,
+            f"CNI_NETNS {netns} is the plugin's own (host) network namespace, not a container's",
+        )
+
+
+def parse_call(plugin_type: str, module: ModuleType, env: Mapping[str, str], stdin: bytes) -> CmdArgs:
+    """Validate the environment and configuration; raise CNIError before anything is touched."""
+    command = env.get("CNI_COMMAND", "")
+    if command == "":
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "required env variables [CNI_COMMAND] missing")
+    if command not in COMMANDS:
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT_VARIABLES,
+            f"unknown CNI_COMMAND: {command}",
+            "expected one of " + ", ".join(COMMANDS),
+        )
+    missing = [var for var in _REQUIRED_ENV[command] if env.get(var, "") == ""]
+    if missing:
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"required env variables [{','.join(missing)}] missing")
+
+    conf = PluginConf.parse(stdin, need_type=False)
+    supported = supported_versions(module)
+    minimum = _MIN_VERSION.get(command)
+    if minimum is not None and not versions.at_least(conf.cni_version, minimum):
+        raise CNIError(
+            Code.INCOMPATIBLE_CNI_VERSION,
+            f"config version {conf.cni_version} does not allow {command} (needs {minimum} or later)",
+            "plugin supports " + ", ".join(supported),
+        )
+    versions.require_supported(conf.cni_version, supported)
+
+    container_id = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    netns = env.get("CNI_NETNS", "")
+    if command in ("ADD", "CHECK", "DEL"):
+        names.validate_container_id(container_id)
+        names.validate_interface_name(ifname)
+        if netns:
+            _check_not_own_netns(netns)
+    path = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p]
+    log = _CallLogAdapter(
+        logging.getLogger(f"pycni.plugin.{plugin_type}"),
+        {"cmd": command, "net": conf.name, "container": container_id[:12], "if": ifname},
+    )
+    call = CmdArgs(
+        command=command,
+        container_id=container_id,
+        netns=netns,
+        ifname=ifname,
+        args=env.get("CNI_ARGS", ""),
+        path=path,
+        stdin=stdin,
+        conf=conf,
+        env=env,
+        plugin_type=plugin_type,
+        log=log,
+    )
+    cni_args.parse(call.args)  # a malformed CNI_ARGS is refused for every plugin
+    if command in ("ADD", "CHECK", "DEL") and "prevResult" in conf.raw:
+        conf.load_prev_result()
+    return call
+
+
+def _version_outcome(module: ModuleType, stdin: bytes) -> Outcome:
+    ver = versions.CURRENT
+    if stdin.strip():
+        try:
+            data = jsonfmt.loads_object(stdin, "VERSION input")
+            given = data.get("cniVersion")
+            if isinstance(given, str) and given:
+                ver = given
+        except CNIError:
+            pass
+    body = jsonfmt.dumps(version_result(ver, supported_versions(module)))
+    return Outcome(stdout=body.encode())
+
+
+def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes) -> Outcome:
+    """Run one CNI command of `plugin` and return what it prints and its exit code."""
+    module = plugin_module(plugin)
+    plugin_type = plugin if isinstance(plugin, str) else plugin_type_of(module)
+    command = env.get("CNI_COMMAND", "")
+    if command == "":
+        return Outcome(stderr=_about(module, plugin_type), code=0)
+    if command == "VERSION":
+        return _version_outcome(module, stdin)
+
+    cni_version = versions.CURRENT
+    try:
+        try:
+            declared = jsonfmt.loads_object(stdin, "network configuration").get("cniVersion")
+            if isinstance(declared, str) and declared:
+                cni_version = declared
+        except CNIError:
+            pass
+        call = parse_call(plugin_type, module, env, stdin)
+        return _run(module, call)
+    except CNIError as err:
+        return _error_outcome(err, cni_version)
+    except Exception as exc:
+        logger = logging.getLogger(f"pycni.plugin.{plugin_type}")
+        logger.exception("unexpected error in %s %s", plugin_type, command)
+        internal = CNIError(
+            Code.INTERNAL,
+            f"unexpected error in {plugin_type} {command}: {type(exc).__name__}: {exc}",
+            f"the traceback is in the plugin log ({log_file_path(env)})",
+        )
+        return _error_outcome(internal, cni_version)
+
+
+def _run(module: ModuleType, call: CmdArgs) -> Outcome:
+    handler = _handler(module, call.command)
+    if call.command == "ADD":
+        result = handler(call)
+        if not isinstance(result, Result):
+            raise TypeError(f"{call.plugin_type} ADD returned {type(result).__name__}, not a Result")
+        rendered = result.to_dict(call.cni_version)
+        return Outcome(stdout=jsonfmt.dumps_indent(rendered).encode(), result=result)
+    handler(call)
+    return Outcome()
+
+
+def _noop(call: CmdArgs) -> None:
+    return None
+
+
+def _handler(module: ModuleType, command: str) -> Callable[[CmdArgs], Any]:
+    name = {"ADD": "add", "DEL": "delete", "CHECK": "check", "GC": "gc", "STATUS": "status"}[command]
+    fn = getattr(module, name, None)
+    if fn is None:
+        if command in ("GC", "STATUS"):
+            return _noop  # a plugin without state has nothing to collect and is always ready
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"plugin does not implement CNI_COMMAND {command}")
+    return fn  # type: ignore[no-any-return]
+
+
+# -- process entry -------------------------------------------------------------
+
+
+def log_file_path(env: Mapping[str, str]) -> str:
+    return env.get(LOG_FILE_ENV) or DEFAULT_LOG_FILE
+
+
+def configure_process_logging(env: Mapping[str, str]) -> None:
+    """Plugin processes log to a file (stdout is the protocol, stderr is the runtime's)."""
+    root = logging.getLogger("pycni")
+    if root.handlers:
+        return
+    path = log_file_path(env)
+    level = env.get("PYCNI_LOG_LEVEL", "INFO").upper()
+    root.setLevel(getattr(logging, level, logging.INFO))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.propagate = False
+
+
+def main(plugin_type: str) -> NoReturn:
+    """Entry of a plugin executable: run `dispatch` on this process's environment."""
+    env = dict(os.environ)
+    configure_process_logging(env)
+    command = env.get("CNI_COMMAND", "")
+    # Never block on a terminal: VERSION and the about text need no input.
+    interactive = command in ("VERSION", "") and sys.stdin.isatty()
+    stdin = b"" if interactive or command == "" else sys.stdin.buffer.read()
+    outcome = dispatch(plugin_type, env, stdin)
+    if outcome.stdout:
+        sys.stdout.buffer.write(outcome.stdout)
+        sys.stdout.buffer.flush()
+    if outcome.stderr:
+        sys.stderr.buffer.write(outcome.stderr)
+        sys.stderr.buffer.flush()
+    sys.exit(outcome.code)

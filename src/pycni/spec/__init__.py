@@ -1,0 +1,1 @@
+"""The CNI specification as Python types: versions, errors, results, configuration."""

@@ -1,0 +1,41 @@
+"""JSON encoded as Go's encoding/json does, so printed results match the reference byte for byte.
+
+Go escapes <, > and & (HTML safety) and U+2028/U+2029, writes other non-ASCII as is,
+and ``MarshalIndent(v, "", "    ")`` indents with four spaces and no trailing newline.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_escape(text: str) -> str:
+    if not any(ch in text for ch in _GO_ESCAPES):
+        return text
+    return "".join(_GO_ESCAPES.get(ch, ch) for ch in text)
+
+
+def dumps(obj: Any) -> str:
+    """Compact, as json.Marshal."""
+    return _go_escape(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def dumps_indent(obj: Any) -> str:
+    """Indented, as json.MarshalIndent(v, "", "    ") (what plugins and cnitool print)."""
+    return _go_escape(json.dumps(obj, ensure_ascii=False, indent=4))
+
+
+def loads_object(data: bytes | str, what: str) -> dict[str, Any]:
+    """Parse a JSON object; code 6 naming `what` when it is not one."""
+    from pycni.spec.errors import CNIError, Code
+
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: expected a JSON object, got {type(value).__name__}")
+    return value
