@@ -161,13 +161,7 @@ class CNIConfig:
                 f"no cached result for network {net.name!r}, container {rt.container_id!r}, "
                 f"interface {rt.ifname!r} in {cache.results_dir(self.cache_dir)}: CHECK needs the result of its ADD",
             )
-        for plugin in net.plugins:
-            plugin_path = invoke.find_in_path(plugin["type"], self.path)
-            stdin = self.build_config(net, plugin, cached, rt)
-            try:
-                invoke.exec_without_result(plugin_path, stdin, self._env("CHECK", rt), self.timeout)
-            except CNIError as err:
-                raise PluginFailed(plugin, "check", err) from None
+        self._run_each(net, net.plugins, "CHECK", cached, rt)
 
     # -- DEL -------------------------------------------------------------------
     def del_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> None:
@@ -180,14 +174,21 @@ class CNIConfig:
                 # A corrupt cache must never block DEL: drop it and delete without prevResult.
                 log.warning("ignoring unreadable cached result of %s/%s/%s: %s", net.name, rt.container_id, rt.ifname, exc)
                 cache.remove(self.cache_dir, net.name, rt.container_id, rt.ifname)
-        for plugin in reversed(net.plugins):
-            plugin_path = invoke.find_in_path(plugin["type"], self.path)
-            stdin = self.build_config(net, plugin, cached, rt)
-            try:
-                invoke.exec_without_result(plugin_path, stdin, self._env("DEL", rt), self.timeout)
-            except CNIError as err:
-                raise PluginFailed(plugin, "delete", err) from None
+        self._run_each(net, list(reversed(net.plugins)), "DEL", cached, rt)
         cache.remove(self.cache_dir, net.name, rt.container_id, rt.ifname)
+
+    def _run_each(
+        self, net: NetworkConfigList, plugins: list[dict[str, Any]], command: str, prev: Result | None, rt: RuntimeConf
+    ) -> None:
+        """CHECK or DEL every plugin in order with the same prevResult; stop at the first failure."""
+        op = {"CHECK": "check", "DEL": "delete"}[command]
+        for plugin in plugins:
+            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            stdin = self.build_config(net, plugin, prev, rt)
+            try:
+                invoke.exec_without_result(plugin_path, stdin, self._env(command, rt), self.timeout)
+            except CNIError as err:
+                raise PluginFailed(plugin, op, err) from None
 
     def _cached_result(self, net: NetworkConfigList, rt: RuntimeConf) -> Result | None:
         try:

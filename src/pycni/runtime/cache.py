@@ -140,24 +140,24 @@ def decode(data: bytes) -> CachedAttachment:
     )
 
 
-def read(cache_dir: str, network: str, container_id: str, ifname: str) -> CachedAttachment | None:
-    """The cached attachment, None when there is none; ValueError when the file is corrupt."""
-    path = cache_path(cache_dir, network, container_id, ifname)
+def _read_bytes(cache_dir: str, network: str, container_id: str, ifname: str) -> bytes | None:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        with open(cache_path(cache_dir, network, container_id, ifname), "rb") as fh:
+            return fh.read()
     except FileNotFoundError:
         return None
-    return decode(data)
+
+
+def read(cache_dir: str, network: str, container_id: str, ifname: str) -> CachedAttachment | None:
+    """The cached attachment, None when there is none; ValueError when the file is corrupt."""
+    data = _read_bytes(cache_dir, network, container_id, ifname)
+    return None if data is None else decode(data)
 
 
 def read_result(cache_dir: str, network: str, container_id: str, ifname: str) -> Result | None:
     """The cached result; a legacy file holding a bare result (pre-cniCacheV1) is read too."""
-    path = cache_path(cache_dir, network, container_id, ifname)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
+    data = _read_bytes(cache_dir, network, container_id, ifname)
+    if data is None:
         return None
     try:
         entry = decode(data)
