@@ -55,6 +55,23 @@ def no_leaks() -> Iterator[None]:
     assert not leaked_ns, f"test leaked namespaces: {sorted(leaked_ns)}"
 
 
+def _nft_tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return {line.strip() for line in out.splitlines() if line.startswith("table ")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reference_leftovers() -> Iterator[None]:
+    """The reference plugins (through iptables-nft) create nat tables they never remove;
+    drop the ones this session brought into being."""
+    before = _nft_tables()
+    yield
+    for table in _nft_tables() - before:
+        family, name = table.split()[1:3]
+        if name in ("nat", "filter", "mangle"):
+            subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
+
+
 @dataclass
 class NetNS:
     name: str

@@ -19,7 +19,11 @@ class Code(enum.IntEnum):
     TRY_AGAIN_LATER = 11
     PLUGIN_NOT_AVAILABLE = 50
     PLUGIN_NOT_AVAILABLE_LIMITED_CONNECTIVITY = 51
-    # pycni's own codes (100+).
+    # pycni's own codes (100+), shared by every plugin.
+    KERNEL = 100  # the kernel refused a netlink, nftables, tc or sysctl operation
+    KERNEL_UNSUPPORTED = 101  # this kernel lacks a feature (a link type, a classifier, ...)
+    CONFLICT = 102  # a resource is already in use (interface, address, host port, route)
+    EXHAUSTED = 103  # nothing left to allocate (addresses, blocks)
     INTERNAL = 999  # an unexpected exception: libcni's ErrInternal
 
 

@@ -1,0 +1,61 @@
+"""Delegation (spec section 4): a plugin running another plugin, usually its IPAM.
+
+The delegated plugin gets the same environment and the same configuration bytes
+as the calling plugin, with only CNI_COMMAND set; its stderr is passed on to the
+caller's log. Used by every main plugin that has an `ipam` section:
+
+    result = delegate.add(call, ipam_type)      # on failure the caller DELs what it did
+    delegate.delete(call, ipam_type)            # DEL, CHECK, GC and STATUS forward too
+"""
+
+from __future__ import annotations
+
+from pycni.runtime import invoke
+from pycni.skel import CmdArgs
+from pycni.spec.errors import CNIError, Code
+from pycni.spec.result import Result
+
+
+def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> invoke.Execution:
+    if not call.path:
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT_VARIABLES,
+            f'CNI_PATH is empty: cannot find the "{plugin_type}" plugin this configuration delegates to',
+        )
+    plugin_path = invoke.find_in_path(plugin_type, call.path)
+    env = dict(call.env)
+    env["CNI_COMMAND"] = command
+    execution = invoke.execute(plugin_path, call.stdin if stdin is None else stdin, env)
+    if execution.stderr:
+        call.log.info("%s %s stderr: %s", plugin_type, command, execution.stderr.decode(errors="replace").strip())
+    if execution.returncode != 0:
+        err = invoke.error_from(execution, plugin_path)
+        raise CNIError(err.code, f"{plugin_type}: {err.msg}", err.details)
+    return execution
+
+
+def add(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> Result:
+    """ADD through the delegated plugin; its result, in the canonical model."""
+    from pycni.spec import jsonfmt
+
+    execution = _run(call, plugin_type, "ADD", stdin)
+    data = jsonfmt.loads_object(execution.stdout, f"result of {plugin_type}")
+    if not data.get("cniVersion"):
+        data["cniVersion"] = call.cni_version
+    return Result.from_dict(data)
+
+
+def delete(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
+    _run(call, plugin_type, "DEL", stdin)
+
+
+def check(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
+    _run(call, plugin_type, "CHECK", stdin)
+
+
+def gc(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
+    _run(call, plugin_type, "GC", stdin)
+
+
+def status(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
+    _run(call, plugin_type, "STATUS", stdin)
