@@ -13,10 +13,11 @@ fi
 
 # Debian packages: the kernel tools, the Go reference plugins (the oracle of the tests),
 # traffic tools, etcd for the cluster datastore, podman as a real libcni client.
-# golang-go with Debian's libcni sources builds the libcni client of the interop tests.
+# golang-go with Debian's libcni sources builds the libcni client of the interop tests;
+# busybox-static is the image of the podman tests.
 PACKAGES=(iproute2 nftables iptables containernetworking-plugins iperf3 conntrack
           etcd-server etcd-client podman runc iputils-ping jq procps kmod
-          golang-go golang-github-appc-cni-dev)
+          golang-go golang-github-appc-cni-dev busybox-static)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
