@@ -1,7 +1,10 @@
 """Shared fixtures: real namespaces with unique names, installed plugins, and a leak check.
 
-Every test that creates kernel objects uses names starting with "pct" and must
-remove them; `no_leaks` fails the test that leaves a namespace or a link behind.
+The suite runs inside a private network namespace standing in for the host
+(scripts/in-netns.sh), so plugins under test never touch the machine's own
+interfaces, routes or firewall. Every test that creates kernel objects uses names
+from `unique()` and must remove them; `no_leaks` fails the test that leaves a
+namespace or a link behind.
 """
 
 from __future__ import annotations
@@ -20,12 +23,30 @@ import pytest
 REFERENCE_DIR = "/usr/lib/cni"
 # What every developer and CI have next to the checkout: the seed, the spec, libcni fixtures.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MACHINE_LINKS = {"lo", "eth0", "ifb0", "ifb1"}
+
+
+_CREATED: set[str] = set()
 
 
 def unique(prefix: str = "pct", length: int = 15) -> str:
     """A name no other test (or concurrent test run) uses; fits an interface name by default."""
-    return (prefix + secrets.token_hex(8))[:length]
+    name = (prefix + secrets.token_hex(8))[:length]
+    _CREATED.add(name)
+    return name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run inside a private namespace standing in for the host (scripts/in-netns.sh)."""
+    host = os.environ.get("PYCNI_TEST_HOST_NETNS", "")
+    try:
+        inside = bool(host) and os.stat(f"/run/netns/{host}").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        inside = False
+    if not inside:
+        raise pytest.UsageError(
+            "the tests must not run in the machine's own network namespace: "
+            "run `make test`, or `scripts/in-netns.sh .venv/bin/python -m pytest ...`"
+        )
 
 
 def _links() -> set[str]:
@@ -35,14 +56,17 @@ def _links() -> set[str]:
 
 def _netns() -> set[str]:
     try:
-        return set(os.listdir("/run/netns"))
+        return set(os.listdir("/run/netns")) & _CREATED
     except FileNotFoundError:
         return set()
 
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """Fail the test that leaves a namespace or a host link behind."""
+    """Fail the test that leaves a link in the (stand-in) host, or a namespace, behind.
+
+    Every link of the stand-in host belongs to this run; namespaces are visible to
+    every run on the machine, so only the ones this run named are checked."""
     links, namespaces = _links(), _netns()
     yield
     leaked_links = _links() - links
@@ -53,23 +77,6 @@ def no_leaks() -> Iterator[None]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     assert not leaked_links, f"test leaked host links: {sorted(leaked_links)}"
     assert not leaked_ns, f"test leaked namespaces: {sorted(leaked_ns)}"
-
-
-def _nft_tables() -> set[str]:
-    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
-    return {line.strip() for line in out.splitlines() if line.startswith("table ")}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def reference_leftovers() -> Iterator[None]:
-    """The reference plugins (through iptables-nft) create nat tables they never remove;
-    drop the ones this session brought into being."""
-    before = _nft_tables()
-    yield
-    for table in _nft_tables() - before:
-        family, name = table.split()[1:3]
-        if name in ("nat", "filter", "mangle"):
-            subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
 
 
 @dataclass

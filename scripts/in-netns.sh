@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run a command (the test suite) inside a fresh network namespace that stands in for the host.
+#
+# Plugins under test create bridges, veths, routes, nftables tables and sysctls "on the host";
+# here that host is a private namespace, so the machine's own interfaces, routes and firewall
+# are never touched, test traffic cannot leave, and several test runs on one machine (CI,
+# developers) cannot see or break each other's links and rules. It is removed afterwards,
+# with anything a failed test left in it.
+#
+# Unlike `ip netns exec`, the command keeps the machine's cgroup mounts (podman's runc needs
+# them): a private mount namespace gets a sysfs of the new network namespace, with the cgroup
+# tree moved back on top of it.
+set -euo pipefail
+name="pct-host-$$-$RANDOM"
+ip netns add "$name"
+trap 'ip netns del "$name" 2>/dev/null || true' EXIT
+ip -n "$name" link set lo up
+# A host forwards between its containers' interfaces.
+ip netns exec "$name" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+export PYCNI_TEST_HOST_NETNS="$name"
+nsenter --net="/run/netns/$name" unshare --mount --propagation slave sh -euc '
+  keep=$(mktemp -d /tmp/pct-cgroup.XXXXXX)
+  mount --rbind /sys/fs/cgroup "$keep"
+  mount -t sysfs sysfs /sys
+  mount --move "$keep" /sys/fs/cgroup
+  rmdir "$keep"
+  exec "$@"
+' sh "$@"
