@@ -23,9 +23,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MACHINE_LINKS = {"lo", "eth0", "ifb0", "ifb1"}
 
 
+# Names this test process generated: other engineers run tests on the same host at the same
+# time, so the leak check only looks at (and only removes) objects named by this process.
+_GENERATED: set[str] = set()
+
+
 def unique(prefix: str = "pct", length: int = 15) -> str:
     """A name no other test (or concurrent test run) uses; fits an interface name by default."""
-    return (prefix + secrets.token_hex(8))[:length]
+    name = (prefix + secrets.token_hex(8))[:length]
+    _GENERATED.add(name)
+    return name
 
 
 def _links() -> set[str]:
@@ -45,8 +52,8 @@ def no_leaks() -> Iterator[None]:
     """Fail the test that leaves a namespace or a host link behind."""
     links, namespaces = _links(), _netns()
     yield
-    leaked_links = _links() - links
-    leaked_ns = _netns() - namespaces
+    leaked_links = (_links() - links) & _GENERATED
+    leaked_ns = (_netns() - namespaces) & _GENERATED
     for name in leaked_links:
         subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
     for name in leaked_ns:
