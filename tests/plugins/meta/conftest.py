@@ -54,6 +54,20 @@ def make_cni_path(base: Path, plugin_dir: Path, main: str, meta: str) -> Path:
     return directory
 
 
+def wrap_in_namespace(path: Path, host: NetNS) -> Path:
+    """A CNI_PATH whose plugins run inside `host`: a stand-in host, for tests that change
+    host-wide firewall state (a forward chain that drops) without touching the real host."""
+    directory = path.parent / f"{path.name}-in-{host.name}"
+    if directory.exists():
+        return directory
+    directory.mkdir()
+    for entry in path.iterdir():
+        script = directory / entry.name
+        script.write_text(f'#!/bin/sh\nexec ip netns exec {host.name} "{entry.resolve()}" "$@"\n')
+        script.chmod(0o755)
+    return directory
+
+
 @dataclass
 class Attachment:
     net: NetworkConfigList
@@ -142,8 +156,16 @@ def make_network(tmp_path: Path, plugin_dir: Path, reference_dir: Path) -> Itera
     """Factory: make_network(meta_plugins, main="reference", meta="ours", dual_stack=False)."""
     made: list[Network] = []
 
-    def factory(meta: list[dict[str, Any]], main: str = "reference", impl: str = "ours", dual_stack: bool = False) -> Network:
+    def factory(
+        meta: list[dict[str, Any]],
+        main: str = "reference",
+        impl: str = "ours",
+        dual_stack: bool = False,
+        host: NetNS | None = None,
+    ) -> Network:
         path = make_cni_path(tmp_path, plugin_dir, main, impl)
+        if host is not None:
+            path = wrap_in_namespace(path, host)
         bridge = unique("pctbr")
         subnet = unique_subnet()
         subnet6 = unique_subnet6() if dual_stack else None
