@@ -253,7 +253,7 @@ def ask(host: str, port: int, ns: NetNS | None = None, timeout: float = 3.0) -> 
         while True:
             try:
                 with socket.socket(family, socket.SOCK_STREAM) as s:
-                    s.settimeout(timeout)
+                    s.settimeout(min(timeout, 1.5))
                     s.connect((host, port))
                     return s.recv(100).decode().strip()
             except OSError:

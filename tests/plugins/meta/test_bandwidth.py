@@ -11,7 +11,7 @@ import pytest
 
 from pycni.plugins.meta.bandwidth import ifb_name
 
-from ...conftest import NetNS
+from ...conftest import NetNS, run_plugin
 from .conftest import MAIN_IMPLS, links
 
 RATE = 20_000_000  # bits/s
@@ -62,3 +62,44 @@ def test_limited_container_and_unlimited_neighbour(main: str, make_network: Any,
     assert ifb not in links()
     qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", host_veth], capture_output=True, text=True).stdout
     assert "tbf" not in qdiscs and "ingress" not in qdiscs
+
+
+@pytest.mark.parametrize(
+    ("limits", "needle"),
+    [
+        ({"ingressRate": 1000}, "ingressBurst"),
+        ({"egressBurst": 1000}, "egressRate"),
+        ({"ingressRate": 1000, "ingressBurst": 8 * 2**32}, "ingressBurst"),
+        ({"egressRate": -1, "egressBurst": 10}, "egressRate"),
+    ],
+)
+def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, int], needle: str) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
+    conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **limits}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
+    runtime = {
+        "cniVersion": "1.0.0",
+        "name": "bw",
+        "type": "bandwidth",
+        "prevResult": prev,
+        "runtimeConfig": {"bandwidth": limits},
+    }
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", runtime, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
+
+
+def test_ifb_names_differ_per_interface() -> None:
+    assert ifb_name("net", "c1", "eth0") != ifb_name("net", "c1", "eth1")
+    assert all(len(ifb_name("n" * 200, "c" * 200, i)) <= 15 for i in ("eth0", "net1"))
+
+
+def test_static_limits_win_over_the_capability(make_network: Any, make_netns: Any) -> None:
+    static = {"type": "bandwidth", "capabilities": {"bandwidth": True}, "ingressRate": 8_000_000, "ingressBurst": 80_000}
+    network = make_network([static])
+    att = network.attach(make_netns(), {"bandwidth": LIMITS})
+    host_veth = att.result.interfaces[1].name
+    out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", host_veth], capture_output=True, text=True, check=True).stdout
+    tbf = next(q for q in json.loads(out) if q["kind"] == "tbf")
+    assert tbf["options"]["rate"] == 1_000_000  # bytes/s: the static 8 Mbit/s, not the capability's
+    assert ifb_name(network.net.name, att.rt.container_id, "eth0") not in links()  # no egress limit statically

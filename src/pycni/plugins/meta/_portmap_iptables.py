@@ -49,6 +49,17 @@ def entry_comment(network: str, container_id: str, ifname: str) -> str:
     return comment if len(comment) <= 255 else comment[:252] + "..."
 
 
+def _quote(arg: str) -> str:
+    """One argument of an iptables-restore line: iptables-restore only understands double quotes."""
+    if arg and not any(c in arg for c in ' "\\\'\t'):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _line(args: list[str]) -> str:
+    return " ".join(_quote(a) for a in args)
+
+
 def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=60)
@@ -188,7 +199,7 @@ def teardown(family: int, chain: str) -> None:
     if not _chain_exists(family, chain):
         return
     lines = ["*nat"]
-    lines += [shlex.join(["-D", *rule[1:]]) for rule in _save(family) if rule[1] != chain and _jumps_to(rule, chain)]
+    lines += [_line(["-D", *rule[1:]]) for rule in _save(family) if rule[1] != chain and _jumps_to(rule, chain)]
     lines += [f"-F {chain}", f"-X {chain}", "COMMIT"]
     _restore(family, "\n".join(lines) + "\n")
 
@@ -210,8 +221,8 @@ def add(conf: PortMapConf, network: str, container_id: str, ifname: str, address
         _ensure_shared(conf, family)
         teardown(family, chain)  # a repeated ADD replaces the old chain
         lines = ["*nat", f":{chain} - [0:0]"]
-        lines += [shlex.join(["-A", chain, *rule]) for rule in _dnat_rules(conf, family, addresses[family])]
-        lines += [shlex.join(["-I", TOP_DNAT, "1", *rule, "-j", chain]) for rule in reversed(_entry_rules(conf, family, comment))]
+        lines += [_line(["-A", chain, *rule]) for rule in _dnat_rules(conf, family, addresses[family])]
+        lines += [_line(["-I", TOP_DNAT, "1", *rule, "-j", chain]) for rule in reversed(_entry_rules(conf, family, comment))]
         lines.append("COMMIT")
         try:
             _restore(family, "\n".join(lines) + "\n")
