@@ -51,7 +51,7 @@ def entry_comment(network: str, container_id: str, ifname: str) -> str:
 
 def _quote(arg: str) -> str:
     """One argument of an iptables-restore line: iptables-restore only understands double quotes."""
-    if arg and not any(c in arg for c in ' "\\\'\t'):
+    if arg and not any(c in arg for c in " \"\\'\t"):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
