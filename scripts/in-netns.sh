@@ -17,7 +17,8 @@ trap 'ip netns del "$name" 2>/dev/null || true' EXIT
 ip -n "$name" link set lo up
 # A host forwards between its containers' interfaces.
 ip netns exec "$name" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-export PYCNI_TEST_HOST_NETNS="$name"
+# conftest.py refuses to run anywhere but in this namespace (it compares the inode).
+export PYCNI_TEST_HOST_NETNS="$name" PYCNI_TEST_HOST_NETNS_INODE=$(stat -L -c %i "/run/netns/$name")
 nsenter --net="/run/netns/$name" unshare --mount --propagation slave sh -euc '
   keep=$(mktemp -d /tmp/pct-cgroup.XXXXXX)
   mount --rbind /sys/fs/cgroup "$keep"

@@ -1,0 +1,105 @@
+"""bandwidth with real traffic: iperf3 into and out of a limited container."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from pycni.plugins.meta.bandwidth import ifb_name
+
+from ...conftest import NetNS, run_plugin
+from .conftest import MAIN_IMPLS, links
+
+RATE = 20_000_000  # bits/s
+BURST = 1_000_000  # bits
+BANDWIDTH = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+LIMITS = {"ingressRate": RATE, "ingressBurst": BURST, "egressRate": RATE, "egressBurst": BURST}
+
+
+def iperf(server_ns: NetNS, address: str, reverse: bool, seconds: int = 2) -> float:
+    """Bits per second received, host client <-> server in `server_ns` (reverse: the server sends)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns.name, "iperf3", "-s", "-1", "-p", "5201"], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            argv = ["iperf3", "-c", address, "-p", "5201", "-t", str(seconds), "-O", "1", "-J"] + (["-R"] if reverse else [])
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+            data = json.loads(proc.stdout or "{}")
+            if "error" not in data and proc.returncode == 0:
+                return float(data["end"]["sum_received"]["bits_per_second"])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"iperf3 failed: {data.get('error', proc.stderr)}")
+            time.sleep(0.2)
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("main", MAIN_IMPLS)
+def test_limited_container_and_unlimited_neighbour(main: str, make_network: Any, make_netns: Any) -> None:
+    network = make_network([BANDWIDTH], main=main)
+    limited_ns, free_ns = make_netns(), make_netns()
+    limited = network.attach(limited_ns, {"bandwidth": LIMITS})
+    free = network.attach(free_ns)
+    ifb = ifb_name(network.net.name, limited.rt.container_id, "eth0")
+    assert [i.name for i in limited.result.interfaces][-1] == ifb
+    assert ifb in links()
+    into = iperf(limited_ns, limited.address(), reverse=False)
+    out_of = iperf(limited_ns, limited.address(), reverse=True)
+    assert 0.8 * RATE <= into <= 1.2 * RATE, f"into the container: {into / 1e6:.1f} Mbit/s"
+    assert 0.8 * RATE <= out_of <= 1.2 * RATE, f"out of the container: {out_of / 1e6:.1f} Mbit/s"
+    neighbour = iperf(free_ns, free.address(), reverse=False)
+    assert neighbour > 5 * RATE, f"the unlimited neighbour: {neighbour / 1e6:.1f} Mbit/s"
+    network.check(limited)
+    host_veth = limited.result.interfaces[1].name
+    network.detach(limited)
+    assert ifb not in links()
+    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", host_veth], capture_output=True, text=True).stdout
+    assert "tbf" not in qdiscs and "ingress" not in qdiscs
+
+
+@pytest.mark.parametrize(
+    ("limits", "needle"),
+    [
+        ({"ingressRate": 1000}, "ingressBurst"),
+        ({"egressBurst": 1000}, "egressRate"),
+        ({"ingressRate": 1000, "ingressBurst": 8 * 2**32}, "ingressBurst"),
+        ({"egressRate": -1, "egressBurst": 10}, "egressRate"),
+    ],
+)
+def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, int], needle: str) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
+    conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **limits}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
+    runtime = {
+        "cniVersion": "1.0.0",
+        "name": "bw",
+        "type": "bandwidth",
+        "prevResult": prev,
+        "runtimeConfig": {"bandwidth": limits},
+    }
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", runtime, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
+
+
+def test_ifb_names_differ_per_interface() -> None:
+    assert ifb_name("net", "c1", "eth0") != ifb_name("net", "c1", "eth1")
+    assert all(len(ifb_name("n" * 200, "c" * 200, i)) <= 15 for i in ("eth0", "net1"))
+
+
+def test_static_limits_win_over_the_capability(make_network: Any, make_netns: Any) -> None:
+    static = {"type": "bandwidth", "capabilities": {"bandwidth": True}, "ingressRate": 8_000_000, "ingressBurst": 80_000}
+    network = make_network([static])
+    att = network.attach(make_netns(), {"bandwidth": LIMITS})
+    host_veth = att.result.interfaces[1].name
+    out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", host_veth], capture_output=True, text=True, check=True).stdout
+    tbf = next(q for q in json.loads(out) if q["kind"] == "tbf")
+    assert tbf["options"]["rate"] == 1_000_000  # bytes/s: the static 8 Mbit/s, not the capability's
+    assert ifb_name(network.net.name, att.rt.container_id, "eth0") not in links()  # no egress limit statically

@@ -1,0 +1,217 @@
+"""portmap with real traffic: a TCP server in a container reached through its host port."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pycni.plugins.meta._portmap_iptables import chain_name
+from pycni.spec.errors import CNIError
+
+from ...conftest import NetNS, run_plugin
+from .conftest import MAIN_IMPLS, ask, free_port, nft_mentions
+
+
+def portmap(**extra: Any) -> dict[str, Any]:
+    return {"type": "portmap", "capabilities": {"portMappings": True}, **extra}
+
+
+@pytest.mark.parametrize("main", MAIN_IMPLS)
+def test_reached_from_loopback_host_address_client_and_neighbour(
+    main: str, make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any
+) -> None:
+    network = make_network([portmap()], main=main)
+    web, neighbour = make_netns(), make_netns()
+    port = free_port()
+    mappings = {"portMappings": [{"hostPort": port, "containerPort": 8080, "protocol": "tcp"}]}
+    att = network.attach(web, mappings)
+    other = network.attach(neighbour)
+    tcp_server(web, 8080)
+    client = client_ns()
+    gateway = network.gateway
+    # From the host's loopback: masqueraded to the bridge address (route_localnet + SNAT).
+    assert ask("127.0.0.1", port) == gateway
+    # From a host address we own: the host's own address.
+    assert ask(gateway, port) == gateway
+    # From another machine (a namespace behind its own link): its address, unchanged.
+    assert ask(client.host_address, port, ns=client.ns) == client.address
+    # From a neighbour on the same bridge: masqueraded, or its reply would bypass the host.
+    assert ask(gateway, port, ns=neighbour) == gateway
+    # Hairpin: the container to its own host port.
+    assert ask(gateway, port, ns=web) == gateway
+    network.check(att)
+    network.detach(att)
+    assert nft_mentions(att.rt.container_id) == []
+    with pytest.raises(OSError):
+        ask(gateway, port, timeout=0.5)
+    network.detach(other)
+
+
+def mapping(port: int, **extra: Any) -> dict[str, Any]:
+    return {"portMappings": [{"hostPort": port, "containerPort": 8080, "protocol": "tcp", **extra}]}
+
+
+@pytest.mark.parametrize("main", MAIN_IMPLS)
+def test_dual_stack_and_check_per_family(main: str, make_network: Any, make_netns: Any, tcp_server: Any) -> None:
+    network = make_network([portmap()], main=main, dual_stack=True)
+    web = make_netns()
+    port = free_port()
+    att = network.attach(web, mapping(port))
+    tcp_server(web, 8080)
+    assert ask(network.gateway, port) == network.gateway
+    # IPv6 addresses are usable once duplicate address detection is over: allow it time.
+    assert ask(network.gateway6, port, timeout=10) == network.gateway6
+    network.check(att)
+    network.detach(att)
+    assert nft_mentions(att.rt.container_id) == []
+
+
+def test_check_on_an_ipv4_only_container(make_network: Any, make_netns: Any) -> None:
+    """The reference's CHECK fails here (it looks for IPv6 rules the container cannot have)."""
+    network = make_network([portmap()])
+    att = network.attach(make_netns(), mapping(free_port()))
+    network.check(att)
+
+
+def test_conflict_names_both_and_changes_nothing(make_network: Any, make_netns: Any) -> None:
+    network = make_network([portmap()])
+    port = free_port()
+    first = network.attach(make_netns(), mapping(port))
+    second_ns = make_netns()
+    extra = free_port()
+    both = {"portMappings": [*mapping(extra)["portMappings"], *mapping(port)["portMappings"]]}
+    with pytest.raises(CNIError) as exc:
+        network.attach(second_ns, both, container_id="pctsecond")
+    assert exc.value.code == 102
+    assert first.rt.container_id in exc.value.msg and "pctsecond" in exc.value.msg and f"tcp/*:{port}" in exc.value.msg
+    assert nft_mentions("pctsecond") == []  # not even the free port
+    # The same port on another host address or protocol is no conflict.
+    network.attach(make_netns(), {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "udp"}]})
+    network.attach(make_netns(), mapping(port, hostIP="127.0.0.1"))
+
+
+def test_repeated_add_replaces_its_own_entries(plugin_dir: Path, make_network: Any, make_netns: Any) -> None:
+    network = make_network([portmap()])
+    port = free_port()
+    att = network.attach(make_netns(), mapping(port), container_id="pctagain")
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": network.net.name,
+        "type": "portmap",
+        "runtimeConfig": mapping(port),
+        "prevResult": att.result.to_dict(),
+    }
+    out = run_plugin(plugin_dir / "portmap", "ADD", conf, netns=att.ns.path, container_id="pctagain")
+    assert out.returncode == 0, out.stdout
+    assert len([line for line in nft_mentions("pctagain") if ": goto" in line]) == 1
+
+
+def conf_with(netns: NetNS, mappings: Any, **extra: Any) -> dict[str, Any]:
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": netns.path}],
+        "ips": [{"address": "10.99.0.2/24", "interface": 0}],
+    }
+    return {
+        "cniVersion": "1.0.0",
+        "name": "pmbad",
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": mappings},
+        "prevResult": prev,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ({"hostPort": 0, "containerPort": 80, "protocol": "tcp"}, "hostPort"),
+        ({"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}, "hostPort"),
+        ({"hostPort": 8080, "containerPort": 0, "protocol": "tcp"}, "containerPort"),
+        ({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}, "protocol"),
+        ({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "nope"}, "hostIP"),
+    ],
+)
+def test_bad_mappings_are_code_7(plugin_dir: Path, netns: NetNS, entry: dict[str, Any], needle: str) -> None:
+    out = run_plugin(plugin_dir / "portmap", "ADD", conf_with(netns, [entry]), netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
+
+
+def test_prev_result_without_container_interface(plugin_dir: Path, netns: NetNS) -> None:
+    conf = conf_with(netns, [{"hostPort": free_port(), "containerPort": 80, "protocol": "tcp"}])
+    conf["prevResult"] = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "cni0"}],
+        "ips": [{"address": "10.99.0.2/24", "interface": 0}],
+    }
+    out = run_plugin(plugin_dir / "portmap", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and 'no address on container interface "eth0"' in out.json["msg"]
+    no_prev = {k: v for k, v in conf.items() if k != "prevResult"}
+    out = run_plugin(plugin_dir / "portmap", "ADD", no_prev, netns=netns.path)
+    assert out.returncode == 1 and "chained plugin" in out.json["msg"]
+
+
+def test_gc_removes_only_invalid_attachments(plugin_dir: Path, make_network: Any, make_netns: Any) -> None:
+    network = make_network([portmap()])
+    keep = network.attach(make_netns(), mapping(free_port()))
+    stale = network.attach(make_netns(), mapping(free_port()))
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": network.net.name,
+        "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": keep.rt.container_id, "ifname": "eth0"}],
+    }
+    out = run_plugin(plugin_dir / "portmap", "GC", conf)
+    assert out.returncode == 0, out.stdout
+    assert nft_mentions(stale.rt.container_id) == []
+    assert nft_mentions(keep.rt.container_id) != []
+
+
+def test_iptables_backend(make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any) -> None:
+    network = make_network([portmap(backend="iptables")])
+    web, neighbour = make_netns(), make_netns()
+    port = free_port()
+    att = network.attach(web, mapping(port))
+    network.attach(neighbour)
+    tcp_server(web, 8080)
+    client = client_ns()
+    assert ask("127.0.0.1", port) == network.gateway
+    assert ask(client.host_address, port, ns=client.ns) == client.address
+    assert ask(network.gateway, port, ns=neighbour) == network.gateway
+    network.check(att)
+    chain = chain_name(network.net.name, att.rt.container_id, "eth0")
+    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    assert f":{chain}" in saved and f'id: \\"{att.rt.container_id}\\"' in saved
+    network.detach(att)
+    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    assert chain not in saved and att.rt.container_id not in saved
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("main", MAIN_IMPLS)
+def test_reference_portmap_after_our_main_shows_the_same_sources(
+    main: str, make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any
+) -> None:
+    """The sources the server sees, with the reference portmap and with ours."""
+    seen = {}
+    for impl in ("reference", "ours"):
+        network = make_network([portmap()], main=main, impl=impl)
+        web, neighbour = make_netns(), make_netns()
+        port = free_port()
+        att = network.attach(web, mapping(port))
+        network.attach(neighbour)
+        server = tcp_server(web, 8080)
+        client = client_ns()
+        sources = [
+            ask("127.0.0.1", port),
+            ask(network.gateway, port),
+            ask(client.host_address, port, ns=client.ns),
+            ask(network.gateway, port, ns=neighbour),
+        ]
+        seen[impl] = [s.replace(network.gateway, "GATEWAY").replace(client.address, "CLIENT") for s in sources]
+        network.detach(att)
+        server.proc.kill()
+    assert seen["ours"] == seen["reference"] == ["GATEWAY", "GATEWAY", "CLIENT", "GATEWAY"]
