@@ -21,6 +21,11 @@ from typing import Any
 import pytest
 
 REFERENCE_DIR = "/usr/lib/cni"
+# The stand-in host's uplink (default route via 198.51.100.1 / 2001:db8:ffff::1) and the
+# namespace at its other end, where a test can run an "outside" server (scripts/in-netns.sh).
+UPLINK = "uplink0"
+WAN_NETNS = os.environ.get("PYCNI_TEST_WAN_NETNS", "")
+WAN_ADDRESS, WAN_ADDRESS6 = "198.51.100.1", "2001:db8:ffff::1"
 # What every developer and CI have next to the checkout: the seed, the spec, libcni fixtures.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

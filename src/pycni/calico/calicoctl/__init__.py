@@ -1,0 +1,1 @@
+"""calicoctl: Calico's command-line tool for the pycni datastore (ipam, get, create/apply/delete)."""

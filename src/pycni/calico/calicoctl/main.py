@@ -1,0 +1,443 @@
+"""calicoctl's commands on the pycni datastore.
+
+    calicoctl ipam show [--ip=IP | --show-blocks | --show-borrowed | --show-configuration]
+    calicoctl ipam check [--show-all-ips] [--show-problem-ips] [-o FILE]
+    calicoctl ipam release --ip=IP
+    calicoctl ipam configure --strictaffinity=true|false [--max-blocks-per-host=N]
+    calicoctl get (ippools|workloadendpoints) [NAME...] [-n NS | -A] [-o ps|wide|yaml|json]
+    calicoctl create|apply|replace|delete -f FILE      calicoctl delete ippool NAME
+
+Global: -c/--config FILE (default /etc/calico/calicoctl.cfg, else the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pycni.calico.calicoctl import datastorecfg, output, tables
+from pycni.calico.datastore import Datastore, DatastoreError, UnsupportedDatastore, open_datastore
+from pycni.calico.endpoints import Endpoints
+from pycni.calico.ipam import IPAM
+from pycni.calico.model import IPAMConfig
+from pycni.calico.pools import PoolError, Pools
+from pycni.calico.resources import IPPOOL, ResourceError, Resources
+from pycni.spec.errors import CNIError
+
+KINDS = {
+    **dict.fromkeys(["ippool", "ippools", "ipp", "ipps", "pool", "pools"], "IPPool"),
+    **dict.fromkeys(["workloadendpoint", "workloadendpoints", "wep", "weps"], "WorkloadEndpoint"),
+}
+
+
+class CommandError(Exception):
+    pass
+
+
+def _store(args: argparse.Namespace) -> Datastore:
+    try:
+        settings = datastorecfg.load(args.config, os.environ)
+        return open_datastore(settings)
+    except (datastorecfg.ConfigError, UnsupportedDatastore) as exc:
+        raise CommandError(str(exc)) from None
+
+
+# -- ipam --------------------------------------------------------------------------
+
+
+def _pct(n: float, capacity: float) -> str:
+    return f"{n:.5g} ({100 * n / capacity:.0f}%)" if capacity else f"{n:.5g}"
+
+
+def ipam_show(args: argparse.Namespace, store: Datastore) -> str:
+    ipam = IPAM(store)
+    if args.ip:
+        ip = _parse_ip(args.ip)
+        attr = ipam.assignment(ip)
+        if attr is None:
+            return f"{ip} is not assigned\n"
+        lines = [f"IP {ip} is in use"]
+        attrs = dict(attr.secondary)
+        if attr.handle_id:
+            attrs = {"handle": attr.handle_id, **attrs}
+        if attrs:
+            lines.append("Attributes:")
+            lines += [f"  {k}: {v}" for k, v in sorted(attrs.items())]
+        else:
+            lines.append("No attributes defined")
+        return "\n".join(lines) + "\n"
+    if args.show_configuration:
+        cfg = ipam.config()
+        rows = [
+            ["StrictAffinity", str(cfg.strict_affinity).lower()],
+            ["AutoAllocateBlocks", str(cfg.auto_allocate_blocks).lower()],
+            ["MaxBlocksPerHost", str(cfg.max_blocks_per_host)],
+        ]
+        return tables.boxed_table(["PROPERTY", "VALUE"], rows)
+    if args.show_borrowed:
+        rows = []
+        for block in ipam.blocks():
+            owner = block.affinity.split(":", 1)[-1] if block.affinity else ""
+            for ip, attr in block.allocated():
+                node = attr.secondary.get("node")
+                if node is None or node == owner:
+                    continue
+                kind = "pod" if "pod" in attr.secondary else attr.secondary.get("type", "")
+                to = f"{attr.secondary.get('namespace', '')}/{attr.secondary['pod']}" if "pod" in attr.secondary else ""
+                rows.append([str(ip), node, str(block.cidr), owner, kind, to])
+        return tables.boxed_table(["IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO"], rows)
+    rows = []
+    for pool in ipam.utilization():
+        if pool.cidr is not None:
+            cap = pool.cidr.num_addresses
+            rows.append(["IP Pool", str(pool.cidr), f"{cap:.5g}", _pct(pool.in_use, cap), _pct(cap - pool.in_use, cap)])
+        if args.show_blocks:
+            for b in pool.blocks:
+                rows.append(
+                    [
+                        "Block",
+                        str(b.cidr),
+                        f"{b.capacity:.5g}",
+                        _pct(b.in_use, b.capacity),
+                        _pct(b.capacity - b.in_use, b.capacity),
+                    ]
+                )
+    return tables.boxed_table(["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], rows)
+
+
+def ipam_check(args: argparse.Namespace, store: Datastore) -> str:
+    ipam = IPAM(store)
+    out = ["Checking IPAM for inconsistencies...", ""]
+    blocks = ipam.blocks()
+    out.append("Loading all IPAM blocks...")
+    out.append(f"Found {len(blocks)} IPAM blocks.")
+    allocations: dict[str, list[dict[str, Any]]] = {}
+    by_node: dict[str, int] = {}
+    in_use_handles: set[str] = set()
+    for block in blocks:
+        out.append(f" IPAM block {block.cidr} affinity={block.affinity or '<none>'}:")
+        for address, attr in block.allocated():
+            record = {"ip": str(address), "handle": attr.handle_id or "", "attrs": attr.secondary, "block": str(block.cidr)}
+            allocations.setdefault(str(address), []).append(record)
+            node = attr.secondary.get("node", "")
+            by_node[node] = by_node.get(node, 0) + 1
+            if attr.handle_id:
+                in_use_handles.add(attr.handle_id)
+    out += [f"IPAM blocks record {sum(len(v) for v in allocations.values())} allocations.", ""]
+    pools = [p for p in ipam.pools.all() if not p.disabled]
+    out.append("Loading all IPAM pools...")
+    out += [f"  {p.cidr}" for p in pools]
+    out += [f"Found {len(pools)} active IP pools.", ""]
+    out += ["Loading all nodes.", "Found 0 node tunnel IPs.", ""]
+    out.append("Loading all workload endpoints.")
+    in_use: dict[str, list[str]] = {}
+    weps = Endpoints(store).list()
+    for wep in weps:
+        for net in wep["spec"].get("ipNetworks") or []:
+            used = str(ipaddress.ip_interface(net).ip)
+            in_use.setdefault(used, []).append(f"Workload({wep['metadata']['namespace']}/{wep['metadata']['name']})")
+    out.append(f"Found {sum(len(v) for v in in_use.values())} workload IPs.")
+    out += [f"Workloads and nodes are using {len(in_use)} IPs.", ""]
+    handles = ipam.handles()
+    out.append("Loading all handles")
+    out.append("Looking for top (up to 20) nodes by allocations...")
+    ranked = sorted(by_node.items(), key=lambda kv: -kv[1])
+    out += [f"  {node} has {count} allocations" for node, count in ranked[:20]]
+    if ranked:
+        out.append(f"Node with most allocations has {ranked[0][1]}; median is {ranked[len(ranked) // 2][1]}")
+    out.append("")
+    problems = 0
+    out.append("Scanning for IPs that are allocated but not actually in use...")
+    leaked = [ip for ip in allocations if ip not in in_use]
+    for ip in leaked:
+        if args.show_problem_ips or args.show_all_ips:
+            out += [f"  {ip} leaked; attrs {a['attrs']}" for a in allocations[ip]]
+    problems += len(leaked)
+    out.append(f"Found {len(leaked)} IPs that are allocated in IPAM but not actually in use.")
+    out.append("Scanning for IPs that are in use by a workload or node but not allocated in IPAM...")
+    outside, unallocated = [], []
+    for ip, owners in in_use.items():
+        if (args.show_problem_ips or args.show_all_ips) and len(owners) > 1:
+            out.append(f"  {ip} has multiple owners.")
+        if ip in allocations:
+            continue
+        if not any(ipaddress.ip_address(ip) in p.cidr for p in pools):
+            outside.append(ip)
+            if args.show_problem_ips or args.show_all_ips:
+                out += [f"  {ip} in use by {o} is not in any active IP pool." for o in owners]
+        else:
+            unallocated.append(ip)
+            if args.show_problem_ips or args.show_all_ips:
+                out += [f"  {ip} in use by {o} and in active IPAM pool but has no IPAM allocation." for o in owners]
+    problems += len(outside) + len(unallocated)
+    out.append(f"Found {len(outside)} in-use IPs that are not in active IP pools.")
+    out += [f"Found {len(unallocated)} in-use IPs that are in active IP pools but have no corresponding IPAM allocation.", ""]
+    out.append("Scanning for IPAM handles with no matching IPs...")
+    leaked_handles = [h for h in handles if h not in in_use_handles]
+    if args.show_all_ips:
+        out += [f"  {h} doesn't have any active IPs." for h in leaked_handles]
+    problems += len(leaked_handles)
+    good = len(handles) - len(leaked_handles)
+    out.append(f"Found {len(leaked_handles)} handles with no matching IPs (and {good} handles with matches).")
+    out.append("Scanning for IPs with missing handle...")
+    missing = sorted(in_use_handles - set(handles))
+    if args.show_problem_ips or args.show_all_ips:
+        out += [f"  {h} is in use in a block but doesn't exist." for h in missing]
+    out.append(f"Found {len(missing)} handles mentioned in blocks with no matching handle resource.")
+    out.append(f"Check complete; found {problems} problems.")
+    if args.output:
+        report = {
+            "version": "pycni",
+            "allocations": {ip: [dict(a, inUse=ip in in_use) for a in recs] for ip, recs in allocations.items()},
+            "leakedHandles": [{"id": h, "revision": str(handles[h][1].revision)} for h in leaked_handles],
+        }
+        with open(args.output, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return "\n".join(out) + "\n"
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise CommandError(f"Error executing command: invalid IP address specified: {text}") from None
+
+
+def ipam_release(args: argparse.Namespace, store: Datastore) -> str:
+    if not args.ip:
+        raise CommandError("Invalid option: 'calicoctl ipam release' needs --ip=<IP>")
+    ip = _parse_ip(args.ip)
+    if IPAM(store).release_ips([ip]):
+        raise CommandError(f"IP address {ip} is not assigned")
+    return f"Successfully released IP address {ip}\n"
+
+
+def ipam_configure(args: argparse.Namespace, store: Datastore) -> str:
+    ipam = IPAM(store)
+    cfg = ipam.config()
+    if args.strictaffinity is not None:
+        if args.strictaffinity.lower() not in ("true", "false"):
+            raise CommandError(f"invalid value for --strictaffinity: {args.strictaffinity!r} (true or false)")
+        cfg.strict_affinity = args.strictaffinity.lower() == "true"
+    if args.max_blocks_per_host is not None:
+        cfg.max_blocks_per_host = args.max_blocks_per_host
+    try:
+        ipam.set_config(IPAMConfig(cfg.strict_affinity, cfg.auto_allocate_blocks, cfg.max_blocks_per_host))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return ""
+
+
+# -- resources ----------------------------------------------------------------------
+
+
+def _kind(name: str) -> str:
+    kind = KINDS.get(name.lower())
+    if kind is None:
+        raise CommandError(f"Failed to get resources: resource type '{name}' is not supported (ippools, workloadendpoints)")
+    return kind
+
+
+def get(args: argparse.Namespace, store: Datastore) -> str:
+    kind = _kind(args.kind)
+    namespaced = kind == "WorkloadEndpoint"
+    namespace = None if args.all_namespaces or not namespaced else (args.namespace or "default")
+    res = Endpoints(store) if namespaced else Resources(store, IPPOOL)
+    if args.names:
+        items = [obj for n in args.names if (obj := res.get(n, namespace or "default")) is not None]
+        if not items:
+            raise CommandError(f"Failed to get resources: resource does not exist: {kind}({', '.join(args.names)})")
+        document: Any = output.ordered(items[0]) if len(items) == 1 else [output.ordered(i) for i in items]
+    else:
+        items = res.list(namespace)
+        document = output.as_list(kind, items, store.revision())
+    fmt = args.output
+    if fmt in ("yaml", "yml"):
+        return output.to_yaml(document)
+    if fmt == "json":
+        return output.to_json(document)
+    if fmt not in ("ps", "wide"):
+        raise CommandError(f"unrecognized output format '{fmt}'")
+    wide = fmt == "wide"
+    if kind == "IPPool":
+        heads = (
+            ["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"]
+            if wide
+            else ["NAME", "CIDR", "SELECTOR"]
+        )
+        rows = []
+        for obj in items:
+            spec = obj["spec"]
+            values = {
+                "NAME": obj["metadata"]["name"],
+                "CIDR": spec.get("cidr", ""),
+                "NAT": str(bool(spec.get("natOutgoing"))).lower(),
+                "IPIPMODE": spec.get("ipipMode") or "Never",
+                "VXLANMODE": spec.get("vxlanMode") or "Never",
+                "DISABLED": str(bool(spec.get("disabled"))).lower(),
+                "DISABLEBGPEXPORT": str(bool(spec.get("disableBGPExport"))).lower(),
+                "SELECTOR": spec.get("nodeSelector", ""),
+            }
+            rows.append([values[h] for h in heads])
+        return tables.ps_table(heads, rows)
+    heads = (
+        ["NAME", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE", "PROFILES", "NATS"]
+        if wide
+        else ["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
+    )
+    if args.all_namespaces or args.namespace:
+        heads = ["NAMESPACE", *heads]
+    rows = []
+    for obj in items:
+        spec = obj["spec"]
+        values = {
+            "NAMESPACE": obj["metadata"].get("namespace", ""),
+            "NAME": obj["metadata"]["name"],
+            "WORKLOAD": spec.get("workload") or spec.get("pod", ""),
+            "NODE": spec.get("node", ""),
+            "NETWORKS": ",".join(spec.get("ipNetworks") or []),
+            "INTERFACE": spec.get("interfaceName", ""),
+            "PROFILES": ",".join(spec.get("profiles") or []),
+            "NATS": ",".join(f"{{{n.get('internalIP', '')} {n.get('externalIP', '')}}}" for n in spec.get("ipNATs") or []),
+        }
+        rows.append([values[h] for h in heads])
+    return tables.ps_table(heads, rows)
+
+
+_DONE = {"create": "created", "apply": "applied", "replace": "replaced", "delete": "deleted"}
+
+
+def modify(args: argparse.Namespace, store: Datastore) -> str:
+    action = args.command
+    if args.filename is None:
+        if action != "delete" or not args.kind or not args.names:
+            raise CommandError(f"Invalid option: 'calicoctl {action}' needs -f <FILENAME>")
+        docs: list[dict[str, Any]] = [
+            {"kind": _kind(args.kind), "metadata": {"name": n, "namespace": args.namespace or "default"}} for n in args.names
+        ]
+    else:
+        try:
+            text = sys.stdin.read() if args.filename == "-" else open(args.filename).read()  # noqa: SIM115
+        except OSError as exc:
+            raise CommandError(f"Failed to execute command: {exc.strerror}: {args.filename}") from None
+        try:
+            docs = output.load_documents(text, args.filename)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    pools = Pools(store)
+    done = 0
+    kinds = set()
+    for doc in docs:
+        kind = str(doc.get("kind", ""))
+        kinds.add(kind)
+        if doc.get("apiVersion", "projectcalico.org/v3") != "projectcalico.org/v3":
+            raise CommandError(f"Failed to execute command: apiVersion {doc.get('apiVersion')!r} is not projectcalico.org/v3")
+        if kind != "IPPool":
+            if kind == "WorkloadEndpoint" and action == "delete":
+                meta: dict[str, Any] = doc.get("metadata") or {}
+                wep, ns = str(meta.get("name", "")), str(meta.get("namespace") or "default")
+                _apply_or_fail(lambda wep=wep, ns=ns: Endpoints(store).delete(wep, ns), action, kind)
+                done += 1
+                continue
+            raise CommandError(f"Failed to execute command: resource type {kind!r} is not supported here (IPPool)")
+        name = (doc.get("metadata") or {}).get("name", "")
+        if action == "create":
+            _apply_or_fail(lambda doc=doc: pools.create(doc), action, kind)
+        elif action == "replace":
+            _apply_or_fail(lambda doc=doc: pools.update(doc), action, kind)
+        elif action == "apply":
+            if pools.resources.get(name) is None:
+                _apply_or_fail(lambda doc=doc: pools.create(doc), action, kind)
+            else:
+                _apply_or_fail(lambda doc=doc: pools.update(doc), action, kind)
+        else:
+            _apply_or_fail(lambda name=name: pools.delete(name), action, kind)
+        done += 1
+    kind_text = "', '".join(sorted(kinds))
+    return f"Successfully {_DONE[action]} {done} '{kind_text}' resource(s)\n"
+
+
+def _apply_or_fail(fn: Any, action: str, kind: str) -> None:
+    try:
+        fn()
+    except (ResourceError, PoolError) as exc:
+        raise CommandError(f"Failed to {action} '{kind}' resource: [{exc}]") from None
+
+
+# -- entry --------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="calicoctl", description="Calico's command-line tool (pycni)")
+    top.add_argument("-c", "--config", default=datastorecfg.DEFAULT_CONFIG, help="CalicoAPIConfig file (else the environment)")
+    sub = top.add_subparsers(dest="command", required=True)
+    ipam = sub.add_parser("ipam", help="IP address management")
+    ipam_sub = ipam.add_subparsers(dest="ipam_command", required=True)
+    show = ipam_sub.add_parser("show")
+    group = show.add_mutually_exclusive_group()
+    group.add_argument("--ip")
+    group.add_argument("--show-blocks", action="store_true")
+    group.add_argument("--show-borrowed", action="store_true")
+    group.add_argument("--show-configuration", action="store_true")
+    check = ipam_sub.add_parser("check")
+    check.add_argument("--show-all-ips", action="store_true")
+    check.add_argument("--show-problem-ips", action="store_true")
+    check.add_argument("-o", "--output")
+    release = ipam_sub.add_parser("release")
+    release.add_argument("--ip")
+    configure = ipam_sub.add_parser("configure")
+    configure.add_argument("--strictaffinity")
+    configure.add_argument("--max-blocks-per-host", type=int)
+    for p in (show, check, release, configure):
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    getp = sub.add_parser("get")
+    getp.add_argument("kind")
+    getp.add_argument("names", nargs="*")
+    getp.add_argument("-o", "--output", default="ps")
+    getp.add_argument("-n", "--namespace")
+    getp.add_argument("-A", "-a", "--all-namespaces", action="store_true")
+    getp.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    for action in ("create", "apply", "replace", "delete"):
+        p = sub.add_parser(action)
+        p.add_argument("-f", "--filename")
+        p.add_argument("kind", nargs="?")
+        p.add_argument("names", nargs="*")
+        p.add_argument("-n", "--namespace")
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    return top
+
+
+def run(argv: Sequence[str]) -> str:
+    args = parser().parse_args(list(argv))
+    store = _store(args)
+    try:
+        if args.command == "ipam":
+            handler = {"show": ipam_show, "check": ipam_check, "release": ipam_release, "configure": ipam_configure}
+            return handler[args.ipam_command](args, store)
+        if args.command == "get":
+            return get(args, store)
+        return modify(args, store)
+    finally:
+        store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        text = run(sys.argv[1:] if argv is None else argv)
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (DatastoreError, CNIError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Resources as calicoctl prints them: JSON in the Go types' field order, YAML with sorted
+keys and double-quoted strings (calicoctl renders YAML from JSON, as ghodss/yaml does)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pycni.calico.endpoints import order_spec
+
+_META_ORDER = ["name", "generateName", "namespace", "uid", "resourceVersion", "creationTimestamp", "labels", "annotations"]
+_POOL_SPEC_ORDER = [
+    "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport", "blockSize", "nodeSelector", "allowedUses",
+]  # fmt: skip
+
+
+def ordered(obj: dict[str, Any]) -> dict[str, Any]:
+    """A resource with its keys in the order the Go types marshal them."""
+    meta = obj.get("metadata") or {}
+    out: dict[str, Any] = {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion", "projectcalico.org/v3")}
+    out["metadata"] = {k: meta[k] for k in _META_ORDER if k in meta} | {k: v for k, v in meta.items() if k not in _META_ORDER}
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "WorkloadEndpoint":
+        out["spec"] = order_spec(spec)
+    else:
+        out["spec"] = {k: spec[k] for k in _POOL_SPEC_ORDER if k in spec} | {
+            k: v for k, v in spec.items() if k not in _POOL_SPEC_ORDER
+        }
+    return out
+
+
+def as_list(kind: str, items: list[dict[str, Any]], revision: int) -> dict[str, Any]:
+    return {
+        "kind": f"{kind}List",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"resourceVersion": str(revision)},
+        "items": [ordered(i) for i in items],
+    }
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def to_yaml(value: Any) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):  # type: ignore[misc]
+        def choose_scalar_style(self) -> Any:
+            style = super().choose_scalar_style()
+            return '"' if style == "'" else style
+
+    return str(yaml.dump(value, Dumper=Dumper, default_flow_style=False, sort_keys=True, width=2**31, allow_unicode=True))
+
+
+def load_documents(text: str, source: str) -> list[dict[str, Any]]:
+    """Every resource in a YAML or JSON file (several documents, or `<Kind>List` objects)."""
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"Failed to execute command: error parsing {source}: {exc}") from None
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise ValueError(f"Failed to execute command: {source} does not hold a resource object")
+        kind = str(doc.get("kind", ""))
+        if kind.endswith("List") and isinstance(doc.get("items"), list):
+            out.extend(d for d in doc["items"] if isinstance(d, dict))
+        else:
+            out.append(doc)
+    return out

@@ -1,0 +1,148 @@
+"""What the `calico` and `calico-ipam` plugins share: the call's configuration, log and
+datastore, the host-wide IPAM lock, and the DEL journal's replay."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pycni.calico import config, log
+from pycni.calico.config import CalicoConf
+from pycni.calico.datastore import Datastore, DatastoreUnavailable, KeyNotFound, open_datastore
+from pycni.calico.endpoints import Endpoints, Identifiers, identifiers
+from pycni.calico.ipam import IPAM
+from pycni.calico.journal import Entry, Journal
+from pycni.calico.resources import CLUSTER_INFORMATION, ResourceError, Resources
+from pycni.skel import CmdArgs
+from pycni.spec.errors import CNIError, Code
+
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+@dataclass
+class Context:
+    call: CmdArgs
+    conf: CalicoConf
+    log: log.CalicoLog
+    nodename: str
+    ids: Identifiers
+
+    @property
+    def handle_id(self) -> str:
+        return self.ids.handle_id(self.conf.name)
+
+
+def context(call: CmdArgs, component: str) -> Context:
+    conf = config.parse(call.conf, call.env)
+    logger = log.for_call(
+        component,
+        conf.log_file_path,
+        conf.log_level,
+        conf.log_file_max_size,
+        conf.log_file_max_age,
+        conf.log_file_max_count,
+        call.log,
+    )
+    nodename = conf.determine_nodename()
+    cni_args = dict(call.cni_args_pairs()) if call.command != "GC" and call.command != "STATUS" else {}
+    ids = identifiers(nodename, call.container_id, call.ifname, cni_args)
+    fields: dict[str, str] = {"ContainerID": call.container_id}
+    if ids.pod:
+        fields.update(Pod=ids.pod, Namespace=ids.namespace)
+    return Context(call, conf, logger.with_fields(**fields), nodename, ids)
+
+
+def unavailable(exc: DatastoreUnavailable) -> CNIError:
+    return CNIError(Code.TRY_AGAIN_LATER, f"the Calico datastore is unavailable: {exc}", "try again later")
+
+
+@contextmanager
+def datastore(ctx: Context) -> Iterator[Datastore]:
+    """The call's datastore, with any journaled releases for it replayed first."""
+    store = open_datastore(ctx.conf.datastore)
+    try:
+        replay_journal(ctx, store)
+        yield store
+    finally:
+        store.close()
+
+
+def replay_journal(ctx: Context, store: Datastore) -> None:
+    def apply(entry: Entry) -> None:
+        ipam = IPAM(store, log=ctx.log)
+        for handle in entry.handles:
+            try:
+                ipam.release_by_handle(handle)
+            except KeyNotFound:
+                pass
+        if entry.endpoint_name:
+            endpoints = Endpoints(store)
+            found = endpoints.get(entry.endpoint_name, entry.endpoint_namespace)
+            if found is not None and found["spec"].get("containerID", "") in ("", entry.container_id):
+                try:
+                    endpoints.delete(entry.endpoint_name, entry.endpoint_namespace, int(found["metadata"]["resourceVersion"]))
+                except ResourceError:
+                    pass  # changed since: it belongs to a newer sandbox now
+        ctx.log.info("Replayed journaled release for container %s (handles %s)", entry.container_id, ", ".join(entry.handles))
+
+    done = Journal(ctx.conf.journal_dir).replay(store.identity, apply)
+    if done:
+        ctx.log.info("Replayed %d journaled release(s)", done)
+
+
+def record(ctx: Context, identity: str, handles: list[str], endpoint: tuple[str, str] | None = None) -> None:
+    entry = Entry(identity, ctx.conf.name, ctx.call.container_id, handles)
+    if endpoint is not None:
+        entry.endpoint_namespace, entry.endpoint_name = endpoint
+    path = Journal(ctx.conf.journal_dir).record(entry)
+    ctx.log.warning("Datastore unavailable: recorded the release in %s; it is replayed when the datastore is back", path)
+
+
+def datastore_identity(conf: CalicoConf) -> str:
+    """The identity a store of these settings has, without connecting to it."""
+    if conf.datastore.kind == "etcdv3":
+        from pycni.calico.datastore.etcd import DEFAULT_ENDPOINTS, parse_endpoints
+
+        parsed = parse_endpoints(conf.datastore.etcd_endpoints or DEFAULT_ENDPOINTS)
+        return "etcdv3:" + ",".join(sorted(f"{s}://{h}:{p}" for s, h, p in parsed))
+    return f"embedded:{os.path.abspath(conf.datastore.path)}"
+
+
+def check_cluster_ready(store: Datastore) -> None:
+    """Calico refuses to work while ClusterInformation says the datastore is not ready (an upgrade)."""
+    info = Resources(store, CLUSTER_INFORMATION).get("default")
+    if info is not None and (info.get("spec") or {}).get("datastoreReady") is False:
+        raise CNIError(Code.TRY_AGAIN_LATER, "Calico is currently not ready to process requests")
+
+
+@contextmanager
+def ipam_lock(path: str) -> Iterator[None]:
+    """Calico's best-effort host-wide IPAM lock: one assignment at a time per host keeps
+    concurrent calls from fighting over the same block (correctness does not depend on it)."""
+    fd = -1
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        fd = -1
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def valid_attachments(call: CmdArgs) -> set[str]:
+    """Container IDs the runtime still uses (GC's cni.dev/valid-attachments)."""
+    items = call.conf.fields.get_list(VALID_ATTACHMENTS)
+    out = set()
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("containerID"), str):
+            out.add(item["containerID"])
+    return out
