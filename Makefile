@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit clean
+.PHONY: setup demo test test-isolated lint typecheck unit clean
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,14 @@ test: setup
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The same, in a private network and mount namespace (scripts/isolated.sh): for machines
+# where several test runs share the kernel, so that none sees or deletes another's links.
+test-isolated: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
+	scripts/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
