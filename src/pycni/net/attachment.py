@@ -409,8 +409,13 @@ def _add_address(ipr: IPRoute, address: Address, undo: list[Callable[[], None]])
 def _pin_mac(ipr: IPRoute, link: Link) -> None:
     """Set the MAC the link had when this call found it (as the reference does): a bridge
     keeps its own address instead of taking its lowest port's."""
-    if link.actual_mac:
-        links.set_attrs(ipr, link.index, f"could not set {link.name!r}'s mac", address=link.actual_mac)
+    mac = link.actual_mac
+    if not mac or mac == "00:00:00:00:00:00":
+        # A bridge whose last port went has no address until a port comes: take the new port's.
+        msg = links.by_index(ipr, link.index)
+        mac = links.mac(msg) if msg is not None else ""
+    if mac and mac != "00:00:00:00:00:00":
+        links.set_attrs(ipr, link.index, f"could not set {link.name!r}'s mac", address=mac)
 
 
 def _delete_route(sock: _Sockets, route: Route) -> None:

@@ -260,3 +260,9 @@ def test_go_and_ours_allocate_concurrently_without_duplicates(tmp_path: Path, pl
     for container, ip in got:
         assert store[ip] == f"{container}\r\neth0".encode()
     assert len([n for n in store if n[0].isdigit()]) == 100
+
+
+def test_check_dual_stack(tmp_path: Path) -> None:
+    cfg = conf(tmp_path, ranges=[[{"subnet": unique_subnet()}], [{"subnet": unique_subnet6()}]])
+    result = call("ADD", cfg)
+    assert call("CHECK", dict(cfg, prevResult=result)) is None

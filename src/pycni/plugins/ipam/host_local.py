@@ -97,14 +97,12 @@ def check(call: CmdArgs) -> None:
     with Store(config.data_dir, config.network) as store:
         held = store.held_by(call.container_id, call.ifname)
     if not held:
-        raise CNIError(Code.UNKNOWN_CONTAINER, f"host-local: Failed to find address added by container {call.container_id}")
+        raise CNIError(Code.UNKNOWN_CONTAINER, f"Failed to find address added by container {call.container_id}")
     prev = call.prev_result
     for ip in prev.ips if prev is not None else []:
         ours = any(s.contains(ip.address.ip) for s in config.range_sets)
         if ours and ip.address.ip not in held:
-            raise CNIError(
-                Code.UNKNOWN_CONTAINER, f"host-local: {ip.address.ip} is not allocated to {call.container_id}/{call.ifname}"
-            )
+            raise CNIError(Code.UNKNOWN_CONTAINER, f"{ip.address.ip} is not allocated to {call.container_id}/{call.ifname}")
 
 
 def delete(call: CmdArgs) -> None:

@@ -129,7 +129,8 @@ class Store:
 
     def held_by(self, container_id: str, ifname: str) -> list[IPAddress]:
         """The addresses of one attachment (those written in the old format included)."""
-        return sorted(ip for ip, holder in self.allocations().items() if holder.matches(container_id, ifname))
+        held = [ip for ip, holder in self.allocations().items() if holder.matches(container_id, ifname)]
+        return sorted(held, key=lambda ip: (ip.version, int(ip)))
 
     def release(self, ip: IPAddress) -> None:
         self._remove(self._path(str(ip)))
