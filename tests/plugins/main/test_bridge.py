@@ -7,12 +7,16 @@ import ipaddress
 import json
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pycni import skel
 from pycni.net import ipmasq, nft
+from pycni.plugins.main import bridge
+from pycni.spec.result import IPConfig, Result
 
 from ...conftest import NetNS, delete_link, normalize_result, run_plugin, unique
 from . import kernel_state as ks
@@ -69,6 +73,12 @@ PARITY: dict[str, tuple[dict[str, Any], tuple[int, ...], int, str]] = {
     "enabledad": (variant(DUAL, enabledad=True), (4, 6), 24, ""),
     "requested IP": (SEED, (4,), 24, "IgnoreUnknown=1;IP={addr77}"),
     "MAC from CNI_ARGS": (SEED, (4,), 24, "IgnoreUnknown=1;MAC=0a:58:0a:f4:00:09"),
+    "MAC from args and runtimeConfig": (
+        variant(SEED, args={"cni": {"mac": "0a:58:0a:f4:00:07"}}, runtimeConfig={"mac": "0a:58:0a:f4:00:09"}),
+        (4,),
+        24,
+        "",
+    ),
     "L2 only": (variant(SEED, isGateway=False, ipMasq=False, ipam={}), (4,), 24, ""),
 }
 
@@ -84,7 +94,7 @@ def test_same_result_and_kernel_state_as_reference(case: str, sides: Callable[..
         assert runs[id(side)].returncode == 0, (side.executable, runs[id(side)].stdout)
     ours_result, ref_result = runs[id(ours)].json, runs[id(ref)].json
     assert ours_result["interfaces"][1]["name"].startswith("veth")
-    if "MAC" in args:
+    if "MAC" in args or "runtimeConfig" in template:
         assert ours_result["interfaces"][2]["mac"] == ref_result["interfaces"][2]["mac"] == "0a:58:0a:f4:00:09"
     assert comparable(ours, ref, normalize_result(ours_result)) == normalize_result(ref_result)
     assert comparable(ours, ref, state(ours)) == state(ref)
@@ -341,3 +351,83 @@ def test_status_forwards_to_ipam(sides: Callable[..., tuple[Side, Side]]) -> Non
     status = ours.run("STATUS", full)
     assert status.returncode == 1 and status.json["code"] == 50
     assert ours.run("DEL", full).returncode == 0
+
+
+def test_concurrent_adds_share_one_new_bridge(sides: Callable[..., tuple[Side, Side]], make_netns: Callable[[], NetNS]) -> None:
+    """Eight containers at once on a bridge that does not exist yet: one creates it, all use it."""
+    ours, _ = sides()
+    namespaces = [make_netns() for _ in range(8)]
+    conf = ours.conf(SEED)
+
+    def add(i: int) -> Any:
+        return run_plugin(ours.executable, "ADD", conf, netns=namespaces[i].path, container_id=f"pctcc{i}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        runs = list(pool.map(add, range(8)))
+    assert all(r.returncode == 0 for r in runs), [r.stdout for r in runs if r.returncode]
+    assert len({r.json["ips"][0]["address"] for r in runs}) == 8
+    assert len(ks.ports(ours.bridge)) == 8
+    for ns in namespaces[:2]:
+        assert ns.run("ping", "-c", "1", "-W", "2", runs[7].json["ips"][0]["gateway"], check=False).returncode == 0
+    for i, ns in enumerate(namespaces):
+        assert run_plugin(ours.executable, "DEL", conf, netns=ns.path, container_id=f"pctcc{i}").returncode == 0
+    assert ks.ports(ours.bridge) == []
+
+
+def test_concurrent_calls_in_one_process(sides: Callable[..., tuple[Side, Side]], make_netns: Callable[[], NetNS]) -> None:
+    """As in the resident agent: ADD and DEL of several containers on threads of one process."""
+    ours, _ = sides()
+    namespaces = [make_netns() for _ in range(6)]
+    stdin = json.dumps(ours.conf(SEED)).encode()
+
+    def call(command: str, i: int) -> skel.Outcome:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"pcttc{i}",
+            "CNI_NETNS": namespaces[i].path,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(ours.executable.parent),
+        }
+        return skel.dispatch("bridge", env, stdin)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        added = list(pool.map(lambda i: call("ADD", i), range(6)))
+        assert all(o.code == 0 for o in added), [o.stdout for o in added if o.code]
+        deleted = list(pool.map(lambda i: call("DEL", i), range(6)))
+        assert all(o.code == 0 for o in deleted), [o.stdout for o in deleted if o.code]
+    assert ks.ports(ours.bridge) == [] and list(ours.data_dir.glob("mynet/10.*")) == []
+
+
+def test_gc_removes_macspoofchk_of_containers_that_are_gone(
+    sides: Callable[..., tuple[Side, Side]], make_netns: Callable[[], NetNS]
+) -> None:
+    ours, _ = sides()
+    conf = variant(SEED, cniVersion="1.1.0", macspoofchk=True, ipMasq=False)
+    assert ours.run("ADD", conf).returncode == 0
+    gone = Side(ours.executable, make_netns(), ours.bridge, ours.subnets, ours.data_dir, ours.container_id + "x")
+    assert gone.run("ADD", conf).returncode == 0
+    subprocess.run(["ip", "netns", "del", gone.ns.name], check=True)  # its veth goes with it
+    valid = [{"containerID": ours.container_id, "ifname": "eth0"}]
+    assert ours.run("GC", conf, **{"cni.dev/valid-attachments": valid}).returncode == 0
+    assert nft.list_objects(f"chain bridge nat cni-br-iface-{gone.container_id}-eth0") == []
+    assert nft.list_objects(f"chain bridge nat cni-br-iface-{ours.container_id}-eth0")
+    assert ours.run("GC", conf, **{"cni.dev/valid-attachments": []}).returncode == 0
+    assert nft.list_objects(f"chain bridge nat cni-br-iface-{ours.container_id}-eth0") == []
+    assert ours.run("DEL", conf).returncode == 0
+
+
+def test_vlan_gateway_is_described_as_the_reference_builds_it() -> None:
+    """The kernel here cannot show it; the description is what a kernel with VLAN filtering gets."""
+    stdin = json.dumps(variant(SEED, vlan=100, preserveDefaultVlan=False, bridge="pctbrv")).encode()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"}
+    call = skel.parse_call("bridge", bridge, env, stdin)
+    conf = bridge.load_conf(call)
+    result = Result(ips=[IPConfig(address=ipaddress.ip_interface("10.22.0.2/16"))])
+    parts = bridge.describe(conf, call, result)
+    assert parts.bridge.create == {"br_vlan_filtering": 1}
+    assert parts.host.vlans == [(100, True, True)] and parts.host.drop_default_vlan
+    gateway = parts.vlan_gateway
+    assert gateway is not None and gateway.name == "pctbrv.100" and gateway.shared
+    assert gateway.peer is not None and gateway.peer.master is parts.bridge and gateway.peer.vlans == [(100, True, True)]
+    addresses = [(a.link.name, str(a.address)) for a in parts.att.addresses if a.link.ns is None]
+    assert addresses == [("pctbrv.100", "10.22.0.1/16")]
