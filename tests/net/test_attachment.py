@@ -141,3 +141,49 @@ def test_remove_with_the_namespace_gone(make_netns: object) -> None:
     att = Attachment()
     att.veth(Link(""), Link("eth0", ns="/run/netns/pct-gone-" + unique()))
     attachment.remove(att)
+
+
+def test_veth_created_from_the_container_side(netns: NetNS, bridge_name: str) -> None:
+    """The pair may be created from either end: here the container's, with the peer in the host."""
+    att = Attachment()
+    br = att.add(Link(bridge_name, kind="bridge", shared=True))
+    _cont, host = att.veth(Link("eth0", ns=netns.path), Link("", master=br))
+    attachment.apply(att)
+    assert host.name in host_links() and "eth0" in names_in(netns)
+    assert subprocess_json("link", "show", host.name)[0]["master"] == bridge_name
+    assert attachment.compare(att) == []
+    attachment.remove(att)
+    assert host.name not in host_links()
+
+
+def test_host_device_moves_in_and_back(netns: NetNS) -> None:
+    device = unique("pctdev")
+    subprocess.run(["ip", "link", "add", device, "type", "veth", "peer", "name", device[:-1] + "p"], check=True)
+    try:
+        att = Attachment()
+        link = att.add(Link("net1", ns=netns.path, kind="", device=device))
+        att.addresses.append(Address(link, ipaddress.ip_interface("192.0.2.20/24")))
+        attachment.apply(att)
+        assert device not in host_links() and "net1" in names_in(netns)
+        assert attachment.compare(att) == []
+        attachment.remove(att)
+        assert device in host_links() and "net1" not in names_in(netns)
+        # A failed ADD gives it back too.
+        att.routes.append(Route(ipaddress.ip_network("203.0.113.0/24"), gw=ipaddress.ip_address("192.0.9.1"), link=link))
+        with pytest.raises(CNIError):
+            attachment.apply(att)
+        assert device in host_links() and "net1" not in names_in(netns)
+    finally:
+        delete_link(device)
+
+
+def test_a_link_netlink_cannot_make_has_a_maker(netns: NetNS) -> None:
+    def make_tap(link: Link) -> None:
+        netns.run("ip", "tuntap", "add", "dev", link.name, "mode", "tap")
+
+    att = Attachment()
+    att.add(Link("tap0", ns=netns.path, kind="tun", maker=make_tap))
+    attachment.apply(att)
+    assert attachment.compare(att) == []
+    attachment.remove(att)
+    assert "tap0" not in names_in(netns)

@@ -32,11 +32,13 @@ Usage (a veth pair with the container end configured, as bridge, ptp and calico 
     att.rules.append(ipmasq.IPMasq(...))          # anything with apply/remove/differences
     apply(att)                                    # fills host.name, .index, .actual_mac
 
-Links of other types (macvlan, ipvlan, vlan, dummy, tap) are a `Link` with `kind`,
-`parent` (the host link they are made from, looked up in the host namespace) and
-kind-specific `create` attributes (pyroute2 keywords, e.g. {"macvlan_mode": "bridge"});
-they are created from the host socket directly in `ns`, under their final name. A
-`Link` with `kind=""` adopts an existing link (host-device).
+Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
+(the host link they are made from, looked up in the host namespace) and kind-specific
+`create` attributes (pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are
+created from the host socket directly in `ns`, under their final name. host-device is a
+`Link` with `device` (an existing host interface): ADD moves it into `ns` under `name` in
+one request (its host name kept as its alias), DEL and a failed ADD move it back. A link
+netlink cannot create (a tap needs an ioctl inside the namespace) gets a `maker`.
 
 One netlink socket is opened per namespace per call; namespaced sysctls are written on
 one worker thread per namespace (`pycni.net.netns.run_in`).
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pycni.net.attachment")
 NAME_ATTEMPTS = 10
+HOST_NS = "/proc/self/ns/net"  # plugin threads stay in the host namespace (pycni.net.netns)
 
 
 @dataclass(eq=False)
@@ -68,11 +71,13 @@ class Link:
 
     name: str
     ns: str | None = None  # namespace path; None is the host
-    kind: str = "veth"  # the type it is created as and must have; "" adopts any existing link
+    kind: str = "veth"  # the type it is created as and must have; "" accepts any
     shared: bool = False  # ensured (created when missing), never removed
     peer: Link | None = None  # veth: the other end, created in the same request
     parent: str = ""  # macvlan/ipvlan/vlan: the host link it is made from
     create: dict[str, Any] = field(default_factory=dict)  # kind-specific RTM_NEWLINK attributes
+    device: str = ""  # host-device: the host interface that is moved in as this link
+    maker: Callable[[Link], None] | None = None  # creates the link when netlink cannot
     mtu: int = 0  # at creation; 0 leaves the kernel's
     mac: str = ""  # at creation, and what CHECK expects; "" leaves the kernel's
     master: Link | None = None  # the bridge (same namespace) it is a port of
@@ -290,6 +295,15 @@ def _create_spec(ipr: IPRoute, link: Link) -> dict[str, Any]:
 
 def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
     """Create an owned link (a veth pair in one request) and register its removal."""
+    if link.device:
+        _take_device(sock, link, undo)
+        return
+    if link.maker is not None:
+        link.maker(link)
+        if _lookup(sock(link.ns), link) is None:
+            raise CNIError(Code.KERNEL, f"link {link.where()} was not created")
+        undo.append(_undo(links.delete, sock(link.ns), link.index))
+        return
     from_ns = None if link.parent else link.ns
     ipr = sock(from_ns)
     generated = [end for end in (link, link.peer) if end is not None and not end.name]
@@ -303,7 +317,8 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
             spec["peer"] = {"ifname": peer.name, **({"mtu": peer.mtu} if peer.mtu else {})}
             if peer.mac:
                 spec["peer"]["address"] = peer.mac
-            peer_ns = peer.ns if peer.ns != link.ns else None
+            if peer.ns != link.ns:  # placed by IFLA_NET_NS_FD; the host is this process's namespace
+                peer_ns = peer.ns if peer.ns is not None else HOST_NS
         try:
             if link.parent and link.ns is not None:
                 _create_in(ipr, spec, link.ns, link)
@@ -329,6 +344,38 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
         if created is not None and _lookup(sock(created.ns), created) is None:
             raise CNIError(Code.KERNEL, f"link {created.where()} vanished right after it was created")
     undo.append(_undo(links.delete, sock(link.ns), link.index))
+
+
+def _take_device(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
+    """Move a host interface into the link's namespace under the link's name, in one request."""
+    host = sock(None)
+    msg = links.get(host, link.device)
+    if msg is None:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"host device {link.device!r} does not exist")
+    if link.ns is not None and links.get(sock(link.ns), link.name) is not None:
+        raise CNIError(Code.CONFLICT, f"an interface named {link.name!r} already exists in {link.ns}")
+    _move(host, msg["index"], link.ns or HOST_NS, link.name, f"moving {link.device} into {link.ns}", alias=link.device)
+    if _lookup(sock(link.ns), link) is None:
+        raise CNIError(Code.KERNEL, f"{link.device} did not arrive in {link.ns} as {link.name}")
+    undo.append(_undo(_give_back, sock, link))
+
+
+def _move(ipr: IPRoute, index: int, ns: str, name: str, what: str, alias: str = "") -> None:
+    links.set_attrs(ipr, index, what, state="down")
+    fd = netns.open_fd(ns)
+    try:
+        links.set_attrs(ipr, index, what, net_ns_fd=fd, ifname=name, **({"ifalias": alias} if alias else {}))
+    finally:
+        os.close(fd)
+
+
+def _give_back(sock: _Sockets, link: Link) -> None:
+    """Move a host-device link back to the host under its old name (kept in its alias)."""
+    ipr = sock(link.ns)
+    msg = links.get(ipr, link.name)
+    if msg is not None:
+        name = str(msg.get_attr("IFLA_IFALIAS") or link.device)
+        _move(ipr, msg["index"], HOST_NS, name, f"giving {link.name} back to the host as {name}")
 
 
 def _create_in(ipr: IPRoute, spec: dict[str, Any], ns: str, link: Link) -> None:
@@ -508,6 +555,9 @@ def remove(att: Attachment) -> None:
                 continue
             if link.kind and links.kind(msg) != link.kind:
                 log.warning("not deleting %s: it is a %s, not a %s", link.where(), links.kind(msg), link.kind)
+                continue
+            if link.device:
+                _give_back(sock, link)
                 continue
             links.delete(ipr, msg["index"])
             gone.update({id(link), id(link.peer)})
