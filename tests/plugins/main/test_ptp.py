@@ -36,7 +36,11 @@ DUAL = {
         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
     },
 }
-PARITY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {"IPv4, ipMasq": (V4, (4,)), "IPv4 + IPv6, mtu": (DUAL, (4, 6))}
+PARITY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+    "IPv4, ipMasq": (V4, (4,)),
+    "IPv4 + IPv6, mtu": (DUAL, (4, 6)),
+    "cniVersion 0.4.0": (dict(V4, cniVersion="0.4.0"), (4,)),
+}
 
 
 def host_veth(result: dict[str, Any]) -> str:

@@ -97,7 +97,9 @@ def load_conf(call: CmdArgs) -> Conf:
         mac=common.requested_mac(call),
         ipam_type=call.conf.ipam.get_str("type"),
     )
-    names.validate_interface_name(conf.bridge, '"bridge"')
+    problem = names.interface_name_problem(conf.bridge)
+    if problem:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f'invalid "bridge": {problem}')
     backend = f.get_str("ipMasqBackend")
     if backend not in ("", "nftables", "iptables"):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"unknown ipMasqBackend {backend!r}: expected nftables or iptables")
