@@ -293,22 +293,14 @@ def delete(call: CmdArgs) -> None:
 
 
 def gc(call: CmdArgs) -> None:
+    """Remove the network's ipMasq rules of attachments that are not valid, and every
+    macspoofchk rule whose host veth is gone (its container is gone; the rules name no
+    network, so one that still has its veth is left to its own network's DEL), whatever
+    the configuration says now; then forward GC to the IPAM plugin."""
     conf = load_conf(call)
-    valid = common.valid_attachments(call)
-    if conf.ip_masq:
-        ipmasq.gc(call.conf.name, valid)
-    if conf.macspoofchk:
-        valid_ids = {spoofcheck.ref_id(cid, ifname) for cid, ifname in valid}
-        with netlink.route(None) as ipr:
-            bridge = links.get(ipr, conf.bridge)
-
-            def stale(ref: str, iface: str) -> bool:
-                port = links.get(ipr, iface) if iface else None
-                if port is None:
-                    return True  # its veth is gone: the container is gone
-                return bridge is not None and links.master(port) == bridge["index"] and ref not in valid_ids
-
-            spoofcheck.gc(stale)
+    ipmasq.gc(call.conf.name, common.valid_attachments(call))
+    with netlink.route(None) as ipr:
+        spoofcheck.gc(lambda _ref, iface: not iface or links.get(ipr, iface) is None)
     common.delegate_ipam(call, conf.ipam_type, "GC")
 
 

@@ -134,8 +134,7 @@ def delete(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     conf = load_conf(call)
-    if conf.ip_masq:
-        ipmasq.gc(call.conf.name, common.valid_attachments(call))
+    ipmasq.gc(call.conf.name, common.valid_attachments(call))  # even if ipMasq was turned off since
     common.delegate_ipam(call, conf.ipam_type, "GC")
 
 
