@@ -18,8 +18,10 @@ prevResult at CHECK, nothing at DEL) and hands it to:
   link, address or rule is already removed).
 
 Every object is owned (created by ADD, removed by DEL and by a failed ADD) or
-`shared` (ensured by ADD, never removed: a bridge, its gateway address, ip_forward).
-Addresses and routes on an owned link go with the link.
+`shared` (ensured by ADD, never removed: a bridge, its gateway address). Addresses and
+routes on an owned link go with the link; sysctls are set, never reverted. GC has
+nothing to do for links (they go with their namespace); rule sets decide what is stale
+across attachments, so their modules have the gc (`ipmasq.gc`, `spoofcheck.gc`).
 
 Usage (a veth pair with the container end configured, as bridge, ptp and calico do):
 
@@ -28,9 +30,14 @@ Usage (a veth pair with the container end configured, as bridge, ptp and calico 
     host, cont = att.veth(Link("", master=br), Link("eth0", ns=netns_path))
     att.addresses.append(Address(cont, ip_interface("10.22.0.2/16")))
     att.routes.append(Route(ip_network("0.0.0.0/0"), gw=ip_address("10.22.0.1"), link=cont))
-    att.sysctls.append(Sysctl("net/ipv4/conf/eth0/arp_notify", "1", ns=netns_path))
+    att.sysctls.append(Sysctl("net/ipv4/conf/{link}/arp_notify", "1", link=cont))
     att.rules.append(ipmasq.IPMasq(...))          # anything with apply/remove/differences
     apply(att)                                    # fills host.name, .index, .actual_mac
+
+calico's attachment is the same pair without a bridge: /32 routes to the container
+through the host end (`Route(..., scope=253, link=host)`), proxy_arp on the host end
+(`Sysctl("net/ipv4/conf/{link}/proxy_arp", "1", link=host)`) and, in the container, a
+link-scoped route to 169.254.1.1 and a default route via it.
 
 Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
 (the host link they are made from, looked up in the host namespace) and kind-specific
@@ -41,7 +48,8 @@ one request (its host name kept as its alias), DEL and a failed ADD move it back
 netlink cannot create (a tap needs an ioctl inside the namespace) gets a `maker`.
 
 One netlink socket is opened per namespace per call; namespaced sysctls are written on
-one worker thread per namespace (`pycni.net.netns.run_in`).
+one worker thread per namespace (`pycni.net.netns.run_in`). There is no module state:
+calls run concurrently in one process.
 """
 
 from __future__ import annotations

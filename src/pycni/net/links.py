@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ def kernel_error(exc: BaseException, what: str, unsupported: str = "") -> CNIErr
 
 def random_veth_name() -> str:
     """The reference's host-side name: "veth" and 8 random hex digits (NetworkManager ignores veth*)."""
-    return "veth" + secrets.token_hex(4)
+    return "veth" + os.urandom(4).hex()
 
 
 def get(ipr: IPRoute, name: str) -> Msg | None:

@@ -3,6 +3,7 @@ DNS and MAC from the configuration, prevResult lookups for CHECK."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,6 +13,13 @@ from pycni.spec.result import DNS, Result
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"  # an earlier draft's name, which libcni still sends
+
+
+def require_netns(call: CmdArgs) -> None:
+    """ADD needs the container's namespace: fail before anything is allocated when it is missing."""
+    from pycni.net import netns
+
+    os.close(netns.open_fd(call.netns))
 
 
 def valid_attachments(call: CmdArgs) -> set[tuple[str, str]]:

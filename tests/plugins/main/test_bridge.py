@@ -454,3 +454,10 @@ def test_a_late_failure_rolls_everything_back(sides: Callable[..., tuple[Side, S
     mine = ipmasq.instance_hash("mynet", "eth0", ours.container_id)
     rules = [o["rule"] for o in nft.list_objects(f"chain inet {ipmasq.TABLE} {ipmasq.CHAIN}") if "rule" in o]
     assert not [r for r in rules if r.get("comment", "").startswith(mine)]
+
+
+def test_add_to_a_missing_namespace_allocates_nothing(sides: Callable[..., tuple[Side, Side]]) -> None:
+    ours, _ = sides()
+    out = run_plugin(ours.executable, "ADD", ours.conf(SEED), netns="/run/netns/pct-missing", container_id="x")
+    assert out.returncode == 1 and out.json["code"] == 4 and "does not exist" in out.json["msg"]
+    assert not (ours.data_dir / "mynet").exists()

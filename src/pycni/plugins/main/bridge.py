@@ -241,6 +241,7 @@ def _rules(conf: Conf, call: CmdArgs, parts: Parts, ips: list[IPConfig]) -> None
 
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
+    common.require_netns(call)
     with common.ipam_allocation(call, conf.ipam_type) as ipam_result:
         result = Result(cni_version=call.cni_version)
         if ipam_result is not None:

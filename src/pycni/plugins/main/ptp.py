@@ -100,6 +100,7 @@ def _rules(conf: Conf, call: CmdArgs, att: Attachment, ips: list[IPConfig]) -> N
 
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
+    common.require_netns(call)
     with common.ipam_allocation(call, conf.ipam_type) as ipam_result:
         assert ipam_result is not None
         result = Result(cni_version=call.cni_version, ips=ipam_result.ips, routes=ipam_result.routes, dns=ipam_result.dns)
