@@ -60,16 +60,26 @@ def test_store_layout_is_the_reference_one(tmp_path: Path) -> None:
     assert oct((store / nth(subnet, 2)).stat().st_mode & 0o777) == "0o644"
 
 
-@pytest.mark.reference
-def test_same_results_and_store_as_reference(tmp_path: Path) -> None:
-    """One sequence of operations against Go's host-local and ours: the same results, files and contents."""
+def _two_families() -> list[list[dict[str, str]]]:
     v4, v6 = unique_subnet(29), unique_subnet6()
-    ranges = [[{"subnet": v4}], [{"subnet": v6, "rangeStart": nth(v6, 0x10), "rangeEnd": nth(v6, 0x12)}]]
+    return [[{"subnet": v4}], [{"subnet": v6, "rangeStart": nth(v6, 0x10), "rangeEnd": nth(v6, 0x12)}]]
+
+
+def _two_ranges_in_a_set() -> list[list[dict[str, str]]]:
+    a, b = unique_subnet(30), unique_subnet(29)
+    return [[{"subnet": a}, {"subnet": b, "rangeStart": nth(b, 3), "rangeEnd": nth(b, 5), "gateway": nth(b, 4)}]]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ranges", [_two_families, _two_ranges_in_a_set])
+def test_same_results_and_store_as_reference(tmp_path: Path, ranges: Any) -> None:
+    """One sequence of operations against Go's host-local and ours: the same results, files and contents."""
+    ranges = ranges()
     steps = [("ADD", "a"), ("ADD", "b"), ("DEL", "a"), ("ADD", "c"), ("ADD", "d"), ("DEL", "b"), ("ADD", "e"), ("DEL", "zz")]
     outputs: dict[str, list[Any]] = {}
     for impl in ("ours", "ref"):
         data = tmp_path / impl
-        cfg = conf(data, ranges=ranges, routes=[{"dst": "0.0.0.0/0"}, {"dst": "::/0", "gw": nth(v6, 1)}])
+        cfg = conf(data, ranges=ranges, routes=[{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.0.0.1"}])
         seen = []
         for command, container in steps:
             if impl == "ours":
