@@ -37,7 +37,8 @@ nft list table inet "$MASQ_TABLE" >/dev/null 2>&1 && had_masq_table=1 || had_mas
 
 cleanup() {
   status=$?
-  trap - EXIT INT TERM
+  set +e  # clean up all of it, even if the terminal or pipe we print to is gone
+  trap - EXIT INT TERM HUP PIPE
   printf '\n%s== Clean up%s\n' "$bold" "$off"
   if [ -e "/run/netns/$NS" ] && [ -x "$BIN/bridge" ] && [ -f "$CONF" ]; then
     # A failed step may have left the attachment: DEL is idempotent, so just run it.
@@ -54,6 +55,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'exit 129' HUP
+trap 'exit 141' PIPE
 
 step "Install pycni's plugins into a temporary directory, which serves as CNI_PATH" \
   "The chapter uses /opt/cni/bin; this demo leaves /opt/cni/bin alone and puts one" \
