@@ -1,7 +1,8 @@
 """A plugin for the agent's tests (type `pct-sleep`): it sleeps, and records when each call ran.
 
 Configuration keys: `sleep` (seconds), `record` (a file that gets one JSON line
-per call start and end), `statusFail` (STATUS answers code 50).
+per call start and end), `statusFail` (STATUS answers code 50), `crash` (ADD
+raises an unexpected exception).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _sleep(call: CmdArgs) -> None:
 
 def add(call: CmdArgs) -> Result:
     _sleep(call)
+    if call.conf.raw.get("crash"):
+        raise ZeroDivisionError("pct-sleep was told to crash")
     return Result(cni_version=call.cni_version, ips=[IPConfig(address=ipaddress.ip_interface("10.99.0.2/24"))])
 
 

@@ -412,3 +412,29 @@ def test_caller_in_another_netns_is_declined(agent: AgentProcess, launchers: Pat
     )
     doc = json.loads(proc.stdout)
     assert doc["code"] == 50 and "another network namespace" in doc["details"], doc
+
+
+# -- logs -----------------------------------------------------------------------------
+
+
+def test_agent_owns_the_log_and_rotates_it(agent_dir: Path, launchers: Path) -> None:
+    proc = start_agent(agent_dir, "--log-max-bytes", "2000", "--log-backups", "2", cli=True)
+    try:
+        for _ in range(40):
+            assert call(launchers, "loopback", "VERSION", b"{}").returncode == 0
+            assert call(launchers, "loopback", "DEL", LOOPBACK, netns="/run/netns/pct-missing").returncode == 0
+    finally:
+        assert proc.stop() == 0
+    logs = sorted(p.name for p in agent_dir.glob("agent.log*"))
+    assert logs == ["agent.log", "agent.log.1", "agent.log.2"]
+    assert all((agent_dir / name).stat().st_size <= 2000 for name in logs)
+    assert not (agent_dir / "plugins.log").exists(), "with the agent, the launchers' own log file is not written"
+
+
+def test_unexpected_error_names_the_log_that_has_the_traceback(agent: AgentProcess, launchers: Path) -> None:
+    conf = {"cniVersion": "1.0.0", "name": "pctnet", "type": "pct-sleep", "crash": True}
+    run = call(launchers, "pct-sleep", "ADD", conf, netns="/x")
+    doc = run.json
+    assert doc["code"] == 999 and "ZeroDivisionError: pct-sleep was told to crash" in doc["msg"]
+    assert doc["details"] == f"the traceback is in the plugin log ({agent.log})"
+    assert "Traceback" in agent.log_text() and "told to crash" in agent.log_text()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from pycni import skel
+from pycni import service, skel
 from pycni.agent import protocol
 from pycni.agent.client import DEFAULT_SOCKET
 from pycni.agent.ordering import AttachmentLines, Ticket
@@ -418,4 +418,5 @@ def run(agent: Agent, grace: float | None = None) -> int:
     finally:
         notify_systemd("STOPPING=1")
         clean = agent.shutdown(grace)
+        service.discard_all()
     return 0 if clean else 1
