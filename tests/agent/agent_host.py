@@ -1,5 +1,5 @@
 """`python -m tests.agent.agent_host --socket PATH ...`: the real agent (`pycni.agent.server.run`),
-also serving the test plugins of this directory (`pct-sleep`)."""
+also serving the test plugins of this directory (`pct-sleep`, `pct-deleg`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from types import ModuleType
 from pycni import logs, skel
 from pycni.agent import server
 
-from . import pct_sleep
+from . import pct_deleg, pct_sleep
 
-TEST_PLUGINS = {"pct-sleep": pct_sleep}
+TEST_PLUGINS = {"pct-sleep": pct_sleep, "pct-deleg": pct_deleg}
 
 
 def resolve(plugin_type: str) -> ModuleType:

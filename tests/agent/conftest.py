@@ -94,9 +94,10 @@ def launchers(agent_dir: Path) -> Path:
     """Our plugins and the test plugins, installed to hand calls to the agent in `agent_dir`."""
     directory = agent_dir / "bin"
     launcher.install(str(directory), agent_socket=str(agent_dir / "agent.sock"))
-    target = directory / "pct-sleep"
-    target.write_text(launcher.render("pct-sleep", str(agent_dir / "agent.sock")))
-    target.chmod(0o755)
+    for test_type in ("pct-sleep", "pct-deleg"):
+        target = directory / test_type
+        target.write_text(launcher.render(test_type, str(agent_dir / "agent.sock")))
+        target.chmod(0o755)
     assert "loopback" in registry.discover()
     return directory
 

@@ -306,6 +306,25 @@ def test_one_attachment_in_arrival_order_others_concurrently(agent: AgentProcess
     assert len(others) == 2 and all(at < first_end for at in others), "other attachments waited for pct-a"
 
 
+def test_delegated_process_is_not_queued_behind_its_caller(agent: AgentProcess, launchers: Path, agent_dir: Path) -> None:
+    """An IPAM executable that is not one of our launchers (here a wrapper script) runs as
+    a process; when that process hands its call to the agent, the call it belongs to
+    holds the attachment already: it must not wait for it (a deadlock until the deadline)."""
+    wrapped = agent_dir / "wrapped"
+    wrapped.mkdir()
+    (wrapped / "pct-sleep").write_text(f"#!/bin/sh\nexec {launchers / 'pct-sleep'}\n")
+    (wrapped / "pct-sleep").chmod(0o755)
+    (wrapped / "pct-deleg").write_text((launchers / "pct-deleg").read_text())
+    (wrapped / "pct-deleg").chmod(0o755)
+    conf = {"cniVersion": "1.0.0", "name": "pctnet", "type": "pct-deleg", "ipam": {"type": "pct-sleep"}}
+    env = {"PYCNI_CALL_TIMEOUT": "20"}
+    run = call(wrapped, "pct-deleg", "ADD", conf, netns="/x", env=env)
+    assert run.returncode == 0, run.stdout
+    assert run.json["ips"][0]["address"] == "10.99.0.2/24"
+    assert call(wrapped, "pct-deleg", "DEL", conf, netns="/x", env=env).returncode == 0
+    assert agent.log_text().count("pct-sleep ADD") == 1, "the delegated call did not go through the agent"
+
+
 # -- the agent going away -------------------------------------------------------------
 
 
@@ -355,15 +374,25 @@ def test_agent_killed_during_del_is_repeated(agent: AgentProcess, launchers: Pat
 
 
 def test_restart_never_fails_a_call(agent_dir: Path, launchers: Path, netns: NetNS) -> None:
+    """Calls keep coming while the agent is stopped and started twice, then killed.
+    A stop or a start fails none of them; the kill may fail only an ADD it had taken,
+    with code 11 (it is safe to repeat)."""
     stop = threading.Event()
+    killing = threading.Event()
     failures: list[str] = []
+    in_flight_at_kill: list[dict[str, Any]] = []
     count = [0]
 
     def hammer() -> None:
         while not stop.is_set():
+            during_kill = killing.is_set()
             run = call(launchers, "loopback", "ADD", LOOPBACK, netns=netns.path)
             count[0] += 1
-            if run.returncode != 0:
+            if run.returncode == 0:
+                continue
+            if (during_kill or killing.is_set()) and run.json.get("code") == 11 and "stopped answering" in run.json["msg"]:
+                in_flight_at_kill.append(run.json)
+            else:
                 failures.append(run.stdout + run.stderr)
 
     workers = [threading.Thread(target=hammer) for _ in range(3)]
@@ -377,13 +406,17 @@ def test_restart_never_fails_a_call(agent_dir: Path, launchers: Path, netns: Net
             time.sleep(0.3)
         proc = start_agent(agent_dir)
         time.sleep(0.3)
+        killing.set()
         proc.kill()  # a crash leaves a stale socket behind: connection refused, in-process
+        time.sleep(0.5)
+        killing.clear()
         time.sleep(0.3)
     finally:
         stop.set()
         for worker in workers:
             worker.join(60)
     assert not failures, failures[:3]
+    assert len(in_flight_at_kill) <= 3  # at most one call per worker was in the agent
     assert count[0] > 10
 
 

@@ -100,6 +100,8 @@ def _attempt(path: bytes, request: bytes) -> tuple[int, bytes, bytes] | str:
             if status == protocol.ACCEPTED:
                 sock.settimeout(reader.uint() + REPLY_GRACE)
                 status = reader.status()
+            if status == b"":
+                raise AgentLost("the connection closed before the result came")
             if status != protocol.RESULT:
                 raise AgentLost(f"unexpected answer {status!r}")
             return reader.result()

@@ -38,6 +38,7 @@ from pycni import service, skel
 from pycni.agent import protocol
 from pycni.agent.client import DEFAULT_SOCKET
 from pycni.agent.ordering import AttachmentLines, Ticket
+from pycni.runtime.delegate import DELEGATED_ENV
 from pycni.spec.errors import CNIError, Code
 
 log = logging.getLogger("pycni.agent")
@@ -67,8 +68,10 @@ def _namespaces(pid: int | str) -> tuple[int, int]:
 
 
 def attachment_key(env: dict[str, str], stdin: bytes) -> Hashable | None:
-    """(network, container ID, interface) for ADD, CHECK and DEL; None for the rest."""
-    if env.get("CNI_COMMAND") not in ATTACHMENT_COMMANDS:
+    """(network, container ID, interface) for ADD, CHECK and DEL; None for the rest,
+    and for a delegated call: it is part of the call that delegated it, which holds
+    the attachment already."""
+    if env.get("CNI_COMMAND") not in ATTACHMENT_COMMANDS or env.get(DELEGATED_ENV) == "1":
         return None
     try:
         name = json.loads(stdin).get("name")

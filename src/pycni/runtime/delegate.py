@@ -23,12 +23,17 @@ from pycni.skel import CmdArgs, dispatch
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
 
+# Set for a delegated plugin run as a process: if that process hands its call to the
+# agent, the agent must not queue it behind the call that delegated it (the same
+# attachment, waiting for it): that would deadlock until the deadline.
+DELEGATED_ENV = "PYCNI_DELEGATED_CALL"
+
 
 def _execute(call: CmdArgs, plugin_type: str, plugin_path: str, env: dict[str, str], stdin: bytes) -> invoke.Execution:
     if launcher.runs_here(plugin_path, plugin_type):
         outcome = dispatch(plugin_type, env, stdin, call.mode)
         return invoke.Execution(outcome.stdout, outcome.stderr, outcome.code)
-    return invoke.execute(plugin_path, stdin, env)
+    return invoke.execute(plugin_path, stdin, {**env, DELEGATED_ENV: "1"})
 
 
 def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> invoke.Execution:
