@@ -211,11 +211,14 @@ def launcher_memory(run_dir: Path, chains: dict[str, Chain], agent: lab.Agent | 
             wrapper.write_text(f"#!/bin/sh\nexec {lab.PYTHON} -IS {lab.REPO / 'bench' / 'rss.py'} {record} {plugin} {real}\n")
             wrapper.chmod(0o755)
         measured = Chain(run_dir, lab.Variant(name, chain.variant.label, wrap_dir, chain.variant.env), _conf_of(chain))
+        key = f"rss{name[0]}"
         try:
-            measured.add("rss", 39000)
-            measured.delete("rss", 39000)
+            measured.add(key, 39000)
         except CNIError as err:
             out[name] = {"error": str(err)}
+        with contextlib.suppress(CNIError):
+            measured.delete(key, 39000)
+        if name in out:
             continue
         peaks: dict[str, int] = {}
         for line in record.read_text().splitlines():
@@ -340,7 +343,7 @@ def calico_chain(run_dir: Path, store: str, endpoints: str) -> dict[str, Any]:
         "type": "calico",
         "log_level": "info",
         "log_file_path": str(run_dir / "calico" / "cni.log"),
-        "nodename": "bench-node",
+        "nodename_file": str(run_dir / "calico" / "nodename"),  # what calico/node writes
         "mtu": 1450,
         "ipam": {"type": "calico-ipam"},
         "policy": {"type": "k8s"},
@@ -389,6 +392,7 @@ def phase_calico(run_dir: Path, params: dict[str, Any], available: list[str]) ->
         return {"note": note + "; there is no Go calico to measure instead", "stores": {}}
     (run_dir / "calico").mkdir(exist_ok=True)
     (run_dir / "calico" / "kubeconfig").write_text("# not used: pycni has no Kubernetes API\n")
+    (run_dir / "calico" / "nodename").write_text("bench-node")
     os.environ["CALICO_IPV4POOL_CIDR"] = CALICO_POOL  # the default pool calico-ipam creates
     all_variants = lab.variants(run_dir)
     stores: dict[str, Any] = {}
