@@ -201,7 +201,7 @@ def machine() -> dict[str, Any]:
 
 
 def dump(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
+    return json.dumps(obj)
 
 
 def remove_tree(path: Path) -> None:

@@ -143,7 +143,7 @@ def _memory(chain: dict[str, Any], scale: dict[str, Any], attachments: int) -> l
         ("a launcher, through the agent (largest of the chain's plugins)", launcher, _verdict(launcher and launcher / 1024, 15)),
         ("a launcher, without the agent (largest of the chain's plugins)", peak("in-process"), ""),
         ("a Go reference plugin (largest of the chain's plugins)", peak("reference"), ""),
-        ("the agent, after the bridge chain rounds", memory.get("agent", {}).get("peak_kib"), ""),
+        ("the agent, after the bridge chain rounds", memory.get("agent process", {}).get("peak_kib"), ""),
         (f"the agent, with {attachments} attachments on the host", agent_loaded, loaded_target),
     ]
     lines = ["### Memory: peak RSS", "", "| process | peak RSS | target |", "|---|---:|---|"]

@@ -226,7 +226,7 @@ def launcher_memory(run_dir: Path, chains: dict[str, Chain], agent: lab.Agent | 
             peaks[plugin] = max(peaks.get(plugin, 0), int(kib))
         out[name] = {"peak_kib": max(peaks.values()), "by_plugin": peaks}
     if agent is not None:
-        out["agent"] = {"peak_kib": agent.peak_rss_kib(), "rss_kib": agent.rss_kib()}
+        out["agent process"] = {"peak_kib": agent.peak_rss_kib(), "rss_kib": agent.rss_kib()}
     return out
 
 
