@@ -145,6 +145,7 @@ class Agent:
         self._connections: set[threading.Thread] = set()
         self._connections_lock = threading.Lock()
         self._namespaces = _namespaces("self")
+        self._served_lock = threading.Lock()
         self.calls_served = 0
 
     # -- the socket ------------------------------------------------------------
@@ -327,7 +328,8 @@ class Agent:
                 call.ticket.leave()
         call.outcome = outcome
         call.done.set()
-        self.calls_served += 1
+        with self._served_lock:
+            self.calls_served += 1
         log.info(
             "%s %s container=%s if=%s: exit %d in %.1f ms",
             call.plugin_type,
