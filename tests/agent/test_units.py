@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
+from pathlib import Path
 
 import pytest
 
-from pycni.agent import protocol
+from pycni.agent import client, protocol
 from pycni.agent.ordering import AttachmentLines
 from pycni.agent.server import attachment_key
 
@@ -92,3 +95,27 @@ def test_turn_is_handed_over_across_threads() -> None:
     for thread in threads:
         thread.join(10)
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_silent_agent_is_a_lost_call_never_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that takes the connection and never answers may have taken the call:
+    ADD fails with 11 rather than running in-process too; DEL is tried again."""
+    monkeypatch.setattr(client, "ACCEPT_TIMEOUT", 0.3)
+    path = tmp_path / "silent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: [held.append(listener.accept()[0]) for _ in range(3)], daemon=True)
+    accepting.start()
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1", b"CNI_IFNAME": b"eth0"}
+    code, stdout, _ = client.call_agent(str(path).encode(), "loopback", env, b'{"cniVersion": "1.0.0"}')
+    doc = json.loads(stdout)
+    assert code == 1 and doc["code"] == 11 and "no answer within 0.3s" in doc["msg"]
+    code, stdout, _ = client.call_agent(str(path).encode(), "loopback", {**env, b"CNI_COMMAND": b"DEL"}, b"{}")
+    assert json.loads(stdout)["code"] == 11
+    accepting.join(5)
+    assert len(held) == 3, "DEL was tried twice"
+    for sock in held:
+        sock.close()
+    listener.close()

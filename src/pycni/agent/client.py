@@ -37,6 +37,9 @@ DEFAULT_SOCKET = "/run/pycni/agent.sock"
 SOCKET_ENV = "PYCNI_AGENT_SOCKET"  # overrides the socket a launcher was installed with
 USE_ENV = "PYCNI_AGENT"  # "off": always run in-process
 CONNECT_TIMEOUT = 2.0
+# The agent says ACCEPTED as soon as it has read the call. Without it in this time, the
+# call may or may not have been taken: it is treated as lost, never run a second time here.
+ACCEPT_TIMEOUT = 30.0
 REPLY_GRACE = 10.0  # beyond the deadline the agent announced with ACCEPTED
 SAFE_TO_REPEAT = (b"DEL", b"CHECK", b"GC", b"STATUS", b"VERSION", b"")
 
@@ -88,9 +91,13 @@ def _attempt(path: bytes, request: bytes) -> tuple[int, bytes, bytes] | str:
     try:
         reader = protocol.Reader(sock.recv)
         try:
+            sock.settimeout(ACCEPT_TIMEOUT)
             sock.sendall(request)
             status = reader.status()
+        except TimeoutError:
+            raise AgentLost(f"no answer within {ACCEPT_TIMEOUT:g}s") from None
         except OSError as exc:
+            # The agent runs a call only once it has read all of it and said ACCEPTED.
             return f"the agent closed the connection before taking the call: {exc.strerror or type(exc).__name__}"
         if status == b"":
             return "the agent closed the connection before taking the call"
