@@ -34,7 +34,11 @@ class AgentProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -52,6 +56,17 @@ def answers(path: Path) -> bool:
     return True
 
 
+_started: list[AgentProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_agents() -> Iterator[None]:
+    """Stop every agent a test started and left running (a failed assertion midway)."""
+    yield
+    while _started:
+        _started.pop().kill()
+
+
 def start_agent(directory: Path, *extra: str, cli: bool = False) -> AgentProcess:
     """`pycni agent` itself (cli=True), or the same server also serving the test plugins."""
     sock, log = directory / "agent.sock", directory / "agent.log"
@@ -67,7 +82,9 @@ def start_agent(directory: Path, *extra: str, cli: bool = False) -> AgentProcess
             proc.kill()
             pytest.fail("the agent did not listen within 60 s")
         time.sleep(0.02)
-    return AgentProcess(sock, log, proc)
+    agent = AgentProcess(sock, log, proc)
+    _started.append(agent)
+    return agent
 
 
 @pytest.fixture
