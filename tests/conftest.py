@@ -30,14 +30,9 @@ WAN_ADDRESS, WAN_ADDRESS6 = "198.51.100.1", "2001:db8:ffff::1"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-_CREATED: set[str] = set()
-
-
 def unique(prefix: str = "pct", length: int = 15) -> str:
     """A name no other test (or concurrent test run) uses; fits an interface name by default."""
-    name = (prefix + secrets.token_hex(8))[:length]
-    _CREATED.add(name)
-    return name
+    return (prefix + secrets.token_hex(8))[:length]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, NoReturn
 
+from pycni import logs
 from pycni.spec import args as cni_args
 from pycni.spec import jsonfmt, names
 from pycni.spec import version as versions
@@ -39,8 +40,23 @@ _REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 # The first spec version that has each command.
 _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-LOG_FILE_ENV = "PYCNI_LOG_FILE"
-DEFAULT_LOG_FILE = "/var/log/pycni/plugins.log"
+LOG_FILE_ENV = logs.LOG_FILE_ENV
+DEFAULT_LOG_FILE = logs.DEFAULT_LOG_FILE
+# A configuration key every pycni plugin reads: STATUS reports the plugin unavailable
+# (code 50) unless the resident agent serves the call.
+REQUIRE_AGENT_KEY = "requireAgent"
+
+
+@dataclass(frozen=True)
+class CallMode:
+    """How a call reached `dispatch`: through the resident agent, or in the plugin's own process."""
+
+    via_agent: bool = False
+    agent_socket: str = ""  # the agent that serves the call, or the one the launcher tried
+    agent_problem: str = ""  # why the agent did not serve it
+
+
+IN_PROCESS = CallMode()
 
 
 @dataclass
@@ -58,6 +74,7 @@ class CmdArgs:
     env: Mapping[str, str]
     plugin_type: str
     log: logging.LoggerAdapter[logging.Logger]
+    mode: CallMode = IN_PROCESS
 
     @property
     def cni_version(self) -> str:
@@ -137,7 +154,9 @@ def _check_not_own_netns(netns: str) -> None:
         )
 
 
-def parse_call(plugin_type: str, module: ModuleType, env: Mapping[str, str], stdin: bytes) -> CmdArgs:
+def parse_call(
+    plugin_type: str, module: ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS
+) -> CmdArgs:
     """Validate the environment and configuration; raise CNIError before anything is touched."""
     command = env.get("CNI_COMMAND", "")
     if command == "":
@@ -188,6 +207,7 @@ def parse_call(plugin_type: str, module: ModuleType, env: Mapping[str, str], std
         env=env,
         plugin_type=plugin_type,
         log=log,
+        mode=mode,
     )
     cni_args.parse(call.args)  # a malformed CNI_ARGS is refused for every plugin
     if command in ("ADD", "CHECK", "DEL") and "prevResult" in conf.raw:
@@ -209,9 +229,26 @@ def _version_outcome(module: ModuleType, stdin: bytes) -> Outcome:
     return Outcome(stdout=body.encode())
 
 
-def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes) -> Outcome:
+def _declared_version(stdin: bytes) -> str:
+    """The version an error is reported in: the configuration's when it names one."""
+    try:
+        declared = jsonfmt.loads_object(stdin, "network configuration").get("cniVersion")
+    except CNIError:
+        return versions.CURRENT
+    return declared if isinstance(declared, str) and declared else versions.CURRENT
+
+
+def error_outcome(err: CNIError, stdin: bytes) -> Outcome:
+    """What a plugin prints for `err`, in the version of the configuration `stdin`."""
+    return _error_outcome(err, _declared_version(stdin))
+
+
+def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS) -> Outcome:
     """Run one CNI command of `plugin` and return what it prints and its exit code."""
-    module = plugin_module(plugin)
+    try:
+        module = plugin_module(plugin)
+    except CNIError as err:  # a launcher for a type this installation does not ship
+        return error_outcome(err, stdin)
     plugin_type = plugin if isinstance(plugin, str) else plugin_type_of(module)
     command = env.get("CNI_COMMAND", "")
     if command == "":
@@ -219,30 +256,38 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes) -> 
     if command == "VERSION":
         return _version_outcome(module, stdin)
 
-    cni_version = versions.CURRENT
     try:
-        try:
-            declared = jsonfmt.loads_object(stdin, "network configuration").get("cniVersion")
-            if isinstance(declared, str) and declared:
-                cni_version = declared
-        except CNIError:
-            pass
-        call = parse_call(plugin_type, module, env, stdin)
+        call = parse_call(plugin_type, module, env, stdin, mode)
         return _run(module, call)
     except CNIError as err:
-        return _error_outcome(err, cni_version)
+        return error_outcome(err, stdin)
     except Exception as exc:
         logger = logging.getLogger(f"pycni.plugin.{plugin_type}")
         logger.exception("unexpected error in %s %s", plugin_type, command)
         internal = CNIError(
             Code.INTERNAL,
             f"unexpected error in {plugin_type} {command}: {type(exc).__name__}: {exc}",
-            f"the traceback is in the plugin log ({log_file_path(env)})",
+            f"the traceback is in the plugin log ({logs.destination(env)})",
         )
-        return _error_outcome(internal, cni_version)
+        return error_outcome(internal, stdin)
+
+
+def _require_agent(call: CmdArgs) -> None:
+    """STATUS of a configuration with `requireAgent`: unavailable unless the agent serves it."""
+    if not call.conf.fields.get_bool(REQUIRE_AGENT_KEY) or call.mode.via_agent:
+        return
+    where = call.mode.agent_socket or "its socket"
+    problem = call.mode.agent_problem or "the call did not come through the agent"
+    raise CNIError(
+        Code.PLUGIN_NOT_AVAILABLE,
+        f"{call.plugin_type}: this configuration requires the pycni agent ({REQUIRE_AGENT_KEY}), which is not serving calls",
+        f"{problem}; start it (`pycni agent`, or the pycni-agent systemd unit) on {where}",
+    )
 
 
 def _run(module: ModuleType, call: CmdArgs) -> Outcome:
+    if call.command == "STATUS":
+        _require_agent(call)
     handler = _handler(module, call.command)
     if call.command == "ADD":
         result = handler(call)
@@ -272,36 +317,26 @@ def _handler(module: ModuleType, command: str) -> Callable[[CmdArgs], Any]:
 
 
 def log_file_path(env: Mapping[str, str]) -> str:
-    return env.get(LOG_FILE_ENV) or DEFAULT_LOG_FILE
+    return logs.env_file(env)
 
 
 def configure_process_logging(env: Mapping[str, str]) -> None:
     """Plugin processes log to a file (stdout is the protocol, stderr is the runtime's)."""
-    root = logging.getLogger("pycni")
-    if root.handlers:
-        return
-    path = log_file_path(env)
-    level = env.get("PYCNI_LOG_LEVEL", "INFO").upper()
-    root.setLevel(getattr(logging, level, logging.INFO))
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path)
-    except OSError:
-        handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d %(name)s %(message)s"))
-    root.addHandler(handler)
-    root.propagate = False
+    logs.configure_from_env(env)
 
 
-def main(plugin_type: str) -> NoReturn:
-    """Entry of a plugin executable: run `dispatch` on this process's environment."""
-    env = dict(os.environ)
+def main(
+    plugin_type: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None, mode: CallMode = IN_PROCESS
+) -> NoReturn:
+    """Run one call in this process (a launcher the agent did not serve) and exit as the plugin."""
+    if env is None:
+        env = dict(os.environ)
     configure_process_logging(env)
-    command = env.get("CNI_COMMAND", "")
-    # Never block on a terminal: VERSION and the about text need no input.
-    interactive = command in ("VERSION", "") and sys.stdin.isatty()
-    stdin = b"" if interactive or command == "" else sys.stdin.buffer.read()
-    outcome = dispatch(plugin_type, env, stdin)
+    if stdin is None:
+        from pycni.agent.client import read_stdin
+
+        stdin = read_stdin(env.get("CNI_COMMAND", ""))
+    outcome = dispatch(plugin_type, env, stdin, mode)
     if outcome.stdout:
         sys.stdout.buffer.write(outcome.stdout)
         sys.stdout.buffer.flush()

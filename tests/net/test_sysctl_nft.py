@@ -51,3 +51,23 @@ def test_nft_transaction_is_atomic() -> None:
     finally:
         nft.run_text(f"delete table inet {table}") if nft.table_exists("inet", table) else None
     assert nft.list_objects(f"table inet {table}") == []
+
+
+def test_nft_from_inside_a_namespace_acts_there(netns: NetNS) -> None:
+    """A thread inside a container's namespace gets that namespace's rules, not the host's
+    (the process keeps one libnftables context, bound to its own namespace)."""
+    from pycni.net import netns as nsmod
+
+    host_table, inner_table = unique("pcth"), unique("pcti")
+    nft.run_text(f"add table inet {host_table}")  # the kept context now exists, in the host
+    try:
+
+        def inside() -> tuple[bool, bool]:
+            nft.run_text(f"add table inet {inner_table}")
+            return nft.table_exists("inet", inner_table), nft.table_exists("inet", host_table)
+
+        assert nsmod.run_in(netns.path, inside) == (True, False)
+        assert not nft.table_exists("inet", inner_table)
+        assert inner_table in netns.run("nft", "list", "tables").stdout
+    finally:
+        nft.run_text(f"delete table inet {host_table}")

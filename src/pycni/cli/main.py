@@ -4,9 +4,10 @@
     pycni gc <net> [<netns>] [--valid CONTAINERID/IFNAME ...] [--none-valid]
     pycni validate <net>
     pycni version [--plugin TYPE]
-    pycni plugins install DIR [TYPE ...]
+    pycni plugins install DIR [TYPE ...] [--agent-socket PATH]
     pycni plugins list
     pycni netns add|del NAME
+    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] ...
 
 The environment is cnitool's: NETCONFPATH (default /etc/cni/net.d), CNI_PATH,
 CNI_IFNAME (default eth0), CNI_ARGS, CAP_ARGS (JSON), and CNI_CACHE_DIR (default
@@ -192,7 +193,7 @@ def cmd_plugins(opts: argparse.Namespace, env: Env) -> int:
         print(jsonfmt.dumps(found) if opts.json else "\n".join(found))
         return 0
     try:
-        written = launcher.install(opts.dir, opts.types or None)
+        written = launcher.install(opts.dir, opts.types or None, agent_socket=opts.agent_socket)
     except ValueError as exc:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, str(exc)) from None
     except OSError as exc:
@@ -209,6 +210,26 @@ def cmd_netns(opts: argparse.Namespace, env: Env) -> int:
     else:
         nsmod.delete_named(opts.name)
     return 0
+
+
+def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
+    """The resident agent, in the foreground (the systemd unit in contrib/ runs this)."""
+    from pycni import logs
+    from pycni.agent import server
+
+    if os.geteuid() != 0:
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "pycni agent must run as root: plugins change the kernel's network")
+    if opts.call_timeout <= 0 or opts.max_calls <= 0:
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
+    log_file = opts.log_file or logs.env_file(os.environ)
+    logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
+    agent = server.Agent(opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls)
+    try:
+        return server.run(agent)
+    except RuntimeError as exc:
+        raise CNIError(Code.IO_FAILURE, str(exc)) from None
+    except OSError as exc:
+        raise CNIError(Code.IO_FAILURE, f"cannot listen on {opts.socket}: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     pi = psub.add_parser("install", help="write one executable per plugin type into DIR")
     pi.add_argument("dir")
     pi.add_argument("types", nargs="*")
+    pi.add_argument(
+        "--agent-socket",
+        default=_default_socket(),
+        metavar="PATH",
+        help="the agent socket the launchers hand calls to (default %(default)s)",
+    )
     psub.add_parser("list")
     p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("agent", help="run the resident agent that serves plugin calls (as root, in the foreground)")
+    p.add_argument("--socket", default=_default_socket(), metavar="PATH", help="its Unix socket (default %(default)s)")
+    p.add_argument(
+        "--call-timeout", type=float, default=120.0, metavar="S", help="a call's deadline, answered with code 11 (default 120)"
+    )
+    p.add_argument("--max-calls", type=int, default=256, metavar="N", help="calls at once; beyond, launchers run in-process")
+    p.add_argument("--log-file", metavar="PATH", help="default $PYCNI_LOG_FILE or /var/log/pycni/plugins.log")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="N", help="rotate the log at this size")
+    p.add_argument("--log-backups", type=int, default=5, metavar="N", help="rotated logs kept")
+    p.set_defaults(func=cmd_agent)
     p = sub.add_parser("netns", help="create or delete a named network namespace")
     p.add_argument("action", choices=("add", "del"))
     p.add_argument("name")
@@ -270,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         print(f"pycni: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _default_socket() -> str:
+    from pycni.agent.client import DEFAULT_SOCKET
+
+    return DEFAULT_SOCKET
 
 
 def _err_version() -> str:

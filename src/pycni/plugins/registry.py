@@ -8,7 +8,6 @@ directories and imports nothing, so it costs a plugin process nothing.
 from __future__ import annotations
 
 import os
-import pkgutil
 
 from pycni.spec.errors import CNIError, Code
 
@@ -18,6 +17,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def discover() -> dict[str, str]:
     """Every shipped plugin type, mapped to its module name."""
+    import pkgutil  # here: a plugin process only needs `module_name`
+
     found: dict[str, str] = {}
     for kind in KINDS:
         for info in pkgutil.iter_modules([os.path.join(_PACKAGE_DIR, kind)]):

@@ -6,14 +6,34 @@ caller's log. Used by every main plugin that has an `ipam` section:
 
     result = delegate.add(call, ipam_type)      # on failure the caller DELs what it did
     delegate.delete(call, ipam_type)            # DEL, CHECK, GC and STATUS forward too
+
+When the executable found in CNI_PATH is a launcher of this very installation
+(`pycni.launcher.runs_here`), the delegated call is dispatched in this process
+(same environment with CNI_COMMAND set, same stdin): that is exactly what the
+launcher would run, without a process start and its imports, whether the caller
+runs in the agent or in a launcher of its own. Anything else (the Go reference
+plugins, another installation's launchers) is executed as the spec says.
 """
 
 from __future__ import annotations
 
+from pycni import launcher
 from pycni.runtime import invoke
-from pycni.skel import CmdArgs
+from pycni.skel import CmdArgs, dispatch
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
+
+# Set for a delegated plugin run as a process: if that process hands its call to the
+# agent, the agent must not queue it behind the call that delegated it (the same
+# attachment, waiting for it): that would deadlock until the deadline.
+DELEGATED_ENV = "PYCNI_DELEGATED_CALL"
+
+
+def _execute(call: CmdArgs, plugin_type: str, plugin_path: str, env: dict[str, str], stdin: bytes) -> invoke.Execution:
+    if launcher.runs_here(plugin_path, plugin_type):
+        outcome = dispatch(plugin_type, env, stdin, call.mode)
+        return invoke.Execution(outcome.stdout, outcome.stderr, outcome.code)
+    return invoke.execute(plugin_path, stdin, {**env, DELEGATED_ENV: "1"})
 
 
 def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> invoke.Execution:
@@ -25,7 +45,7 @@ def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> 
     plugin_path = invoke.find_in_path(plugin_type, call.path)
     env = dict(call.env)
     env["CNI_COMMAND"] = command
-    execution = invoke.execute(plugin_path, call.stdin if stdin is None else stdin, env)
+    execution = _execute(call, plugin_type, plugin_path, env, call.stdin if stdin is None else stdin)
     if execution.stderr:
         call.log.info("%s %s stderr: %s", plugin_type, command, execution.stderr.decode(errors="replace").strip())
     if execution.returncode != 0:
