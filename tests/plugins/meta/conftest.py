@@ -331,6 +331,19 @@ def nft_mentions(tag_part: str) -> list[str]:
     return [line for line in out.splitlines() if tag_part in line]
 
 
+def portmap_elements(tag_part: str) -> list[tuple[str, str, str]]:
+    """(family, set, key) of every element of portmap's tables whose comment mentions `tag_part`."""
+    found = []
+    for family in ("ip", "ip6"):
+        for item in nft_json(f"table {family} cni_hostport"):
+            obj = item.get("set") or item.get("map")
+            for el in (obj or {}).get("elem", []) or []:
+                el = el[0] if isinstance(el, list) else el
+                if isinstance(el, dict) and tag_part in el.get("elem", {}).get("comment", ""):
+                    found.append((family, obj["name"], json.dumps(el["elem"]["val"])))
+    return sorted(found)
+
+
 def links() -> set[str]:
     out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
     return {link["ifname"] for link in json.loads(out)}

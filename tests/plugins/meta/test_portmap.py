@@ -12,7 +12,7 @@ from pycni.plugins.meta._portmap_iptables import chain_name
 from pycni.spec.errors import CNIError
 
 from ...conftest import NetNS, run_plugin
-from .conftest import MAIN_IMPLS, ask, free_port, nft_mentions
+from .conftest import MAIN_IMPLS, ask, free_port, nft_mentions, portmap_elements
 
 
 def portmap(**extra: Any) -> dict[str, Any]:
@@ -95,18 +95,26 @@ def test_conflict_names_both_and_changes_nothing(make_network: Any, make_netns: 
 
 def test_repeated_add_replaces_its_own_entries(plugin_dir: Path, make_network: Any, make_netns: Any) -> None:
     network = make_network([portmap()])
-    port = free_port()
+    port, other_port = free_port(), free_port()
     att = network.attach(make_netns(), mapping(port), container_id="pctagain")
+    first = portmap_elements("pctagain")
+    assert len(first) == 3  # the claim (target), the network's membership, the hairpin
     conf = {
         "cniVersion": "1.0.0",
         "name": network.net.name,
         "type": "portmap",
-        "runtimeConfig": mapping(port),
+        "runtimeConfig": mapping(other_port),
         "prevResult": att.result.to_dict(),
     }
     out = run_plugin(plugin_dir / "portmap", "ADD", conf, netns=att.ns.path, container_id="pctagain")
     assert out.returncode == 0, out.stdout
-    assert len([line for line in nft_mentions("pctagain") if ": goto" in line]) == 1
+    again = portmap_elements("pctagain")
+    assert len(again) == 3 and all(str(other_port) in key and str(port) not in key for _, _, key in again)
+    # DEL with no portMappings at all: the attachment's record says what to remove.
+    del conf["runtimeConfig"]
+    out = run_plugin(plugin_dir / "portmap", "DEL", conf, netns=att.ns.path, container_id="pctagain")
+    assert out.returncode == 0, out.stdout
+    assert portmap_elements("pctagain") == []
 
 
 def conf_with(netns: NetNS, mappings: Any, **extra: Any) -> dict[str, Any]:
