@@ -8,6 +8,7 @@ reference always, pycni's own as soon as the package ships `bridge` and
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import socket
@@ -104,7 +105,7 @@ class Network:
     @property
     def gateway6(self) -> str:
         assert self.subnet6 is not None
-        return self.subnet6.split("::")[0] + "::1"
+        return str(ipaddress.ip_network(self.subnet6)[1])
 
     def attach(
         self, ns: NetNS, capabilities: dict[str, Any] | None = None, container_id: str = "", ifname: str = "eth0"
@@ -323,6 +324,10 @@ def nft_json(target: str) -> list[dict[str, Any]]:
     if out.returncode != 0:
         return []
     return [o for o in json.loads(out.stdout)["nftables"] if "metainfo" not in o]
+
+
+def nft_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
 
 
 def nft_mentions(tag_part: str) -> list[str]:

@@ -347,11 +347,12 @@ def host_interface(address: IPInterface) -> tuple[int, str] | None:
 
 def _transaction_error(err: nft.NftError, conf: PortMapConf) -> CNIError:
     text = err.error.strip()
-    # nft quotes the command it refused: a rule of ours carrying the conditions.
-    for family, key in ((4, "conditionsV4"), (6, "conditionsV6")):
-        conditions = " ".join(conf.conditions.get(family, []))
-        if conditions and conditions in text:
-            return CNIError(Code.INVALID_NETWORK_CONFIG, f"{key} are not valid nftables matches: {conditions!r}", text)
+    # The kernel's refusals read "Could not process rule"; anything else is nft failing to parse
+    # or evaluate the script, whose only part not written by this module is the conditions.
+    keys = [key for family, key in ((4, "conditionsV4"), (6, "conditionsV6")) if conf.conditions.get(family)]
+    if keys and "Could not process rule" not in text:
+        given = "; ".join(f"{key}: {' '.join(conf.conditions[4 if key.endswith('4') else 6])!r}" for key in keys)
+        return CNIError(Code.INVALID_NETWORK_CONFIG, f"{' or '.join(keys)} are not valid nftables matches ({given})", text)
     return CNIError(Code.KERNEL, "unable to set up nftables rules for port mappings", text)
 
 
