@@ -26,7 +26,7 @@ from pycni.runtime import CNIConfig, RuntimeConf
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.result import Result
 
-from ...conftest import REFERENCE_DIR, NetNS, delete_link, unique, unique_subnet, unique_subnet6
+from ...conftest import REFERENCE_DIR, NetNS, PluginRun, delete_link, run_plugin, unique, unique_subnet, unique_subnet6
 
 META_TYPES = ("portmap", "bandwidth", "tuning", "firewall")
 MAIN_TYPES = ("bridge", "host-local", "loopback")
@@ -129,6 +129,15 @@ class Network:
         self.cni.del_network_list(self.net, att.rt)
         if att in self.attached:
             self.attached.remove(att)
+
+    def gc_plugin(self, plugin_type: str, valid: list[Attachment]) -> PluginRun:
+        """GC of one plugin of the chain, given `valid` only: the others are leaked on purpose
+        (the runtime's GC would DEL the attachments it has cached first)."""
+        plugin = next(p for p in self.conf["plugins"] if p["type"] == plugin_type)
+        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf.update(cniVersion="1.1.0", name=self.conf["name"])
+        conf["cni.dev/valid-attachments"] = [{"containerID": a.rt.container_id, "ifname": a.rt.ifname} for a in valid]
+        return run_plugin(Path(self.cni.path[0]) / plugin_type, "GC", conf)
 
 
 def bridge_conf(

@@ -103,3 +103,43 @@ def test_static_limits_win_over_the_capability(make_network: Any, make_netns: An
     tbf = next(q for q in json.loads(out) if q["kind"] == "tbf")
     assert tbf["options"]["rate"] == 1_000_000  # bytes/s: the static 8 Mbit/s, not the capability's
     assert ifb_name(network.net.name, att.rt.container_id, "eth0") not in links()  # no egress limit statically
+
+
+def qdisc_kinds(dev: str) -> set[str]:
+    out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True, check=True).stdout
+    return {q["kind"] for q in json.loads(out)}
+
+
+def test_del_removes_qdiscs_and_ifb_and_is_idempotent(plugin_dir: Any, make_network: Any, make_netns: Any) -> None:
+    """bandwidth's own DEL (before the main plugin deletes the veth): the host veth is clean again."""
+    network = make_network([BANDWIDTH])
+    att = network.attach(make_netns(), {"bandwidth": LIMITS})
+    host_veth = att.result.interfaces[1].name
+    ifb = ifb_name(network.net.name, att.rt.container_id, "eth0")
+    assert {"tbf", "ingress"} <= qdisc_kinds(host_veth) and ifb in links()
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": network.net.name,
+        "type": "bandwidth",
+        "runtimeConfig": {"bandwidth": LIMITS},
+        "prevResult": att.result.to_dict(),
+    }
+    for _ in range(2):
+        out = run_plugin(plugin_dir / "bandwidth", "DEL", conf, netns=att.ns.path, container_id=att.rt.container_id)
+        assert out.returncode == 0, out.stdout
+        assert not {"tbf", "ingress"} & qdisc_kinds(host_veth) and ifb not in links()
+    network.detach(att)
+
+
+def test_gc_collects_only_leaked_ifbs_of_its_network(make_network: Any, make_netns: Any) -> None:
+    network, other = make_network([BANDWIDTH]), make_network([BANDWIDTH])
+    keep = network.attach(make_netns(), {"bandwidth": LIMITS})
+    leaked = network.attach(make_netns(), {"bandwidth": LIMITS})
+    elsewhere = other.attach(make_netns(), {"bandwidth": LIMITS})
+    keep_ifb, leaked_ifb, elsewhere_ifb = (ifb_name(a.net.name, a.rt.container_id, "eth0") for a in (keep, leaked, elsewhere))
+    out = network.gc_plugin("bandwidth", [keep])
+    assert out.returncode == 0, out.stdout
+    assert leaked_ifb not in links()
+    assert keep_ifb in links() and elsewhere_ifb in links()
+    network.check(keep)
+    other.check(elsewhere)
