@@ -143,3 +143,14 @@ def test_gc_collects_only_leaked_ifbs_of_its_network(make_network: Any, make_net
     assert keep_ifb in links() and elsewhere_ifb in links()
     network.check(keep)
     other.check(elsewhere)
+
+
+def test_prev_result_without_container_interface(plugin_dir: Any, netns: NetNS) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "cni0"}], "ips": [{"address": "10.99.0.2/24", "interface": 0}]}
+    conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **LIMITS}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7, out.stdout
+    assert 'no container interface "eth0"' in out.json["msg"] and "cni0" in out.json["details"]
+    no_prev = {k: v for k, v in conf.items() if k != "prevResult"}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", no_prev, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and "chained plugin" in out.json["msg"], out.stdout

@@ -90,3 +90,11 @@ def test_gc_collects_only_leaked_entries_of_its_network(host: NetNS, make_networ
     assert out.returncode == 0, out.stdout
     ruleset = host.run("nft", "list", "ruleset").stdout
     assert keep.rt.container_id not in ruleset and network.bridge not in ruleset and other.bridge in ruleset
+
+
+def test_del_with_an_unreadable_configuration_still_removes(host: NetNS, make_network: Any, make_netns: Any) -> None:
+    network = make_network([firewall("isolated")], host=host)
+    att = network.attach(make_netns())
+    network.conf["plugins"][1]["ingressPolicy"] = "no-such-policy"
+    network.detach(att)
+    assert att.rt.container_id not in host.run("nft", "list", "ruleset").stdout

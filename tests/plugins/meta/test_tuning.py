@@ -180,3 +180,11 @@ def test_gc_collects_only_leaked_records_of_its_network(make_network: Any, make_
     assert not gone.exists()
     assert kept.exists() and elsewhere.exists() and (data_dir / "refcontainer_eth0.json").exists()
     network.check(keep)
+
+
+def test_missing_container_interface_is_a_clear_error(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "tuning", "dataDir": str(tmp_path), "mtu": 1400, "prevResult": prev}
+    out = run_plugin(plugin_dir / "tuning", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and "container interface eth0 not found" in out.json["msg"]
+    assert list(tmp_path.iterdir()) == []
