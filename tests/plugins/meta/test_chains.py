@@ -8,6 +8,7 @@ and -> the reference's as soon as the package ships `bridge` and `host-local`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,15 @@ import pytest
 
 from pycni.plugins.meta import _portmap_records as portmap_records
 from pycni.plugins.meta.bandwidth import ifb_name
+from pycni.runtime import CNIConfig, RuntimeConf
 from pycni.runtime.api import PluginFailed
 from pycni.spec.config import NetworkConfigList
 
+from ...conftest import unique, unique_subnet, unique_subnet6
+from ..main.test_calico import calico_conf, pool_env
 from .conftest import MAIN_IMPLS, Attachment, Network, ask, free_port, links, nft_mentions, portmap_elements, sh
 
+UPLINK_ADDRESS = "198.51.100.2"  # the stand-in host's uplink (scripts/in-netns.sh)
 LIMITS = {"ingressRate": 50_000_000, "ingressBurst": 1_000_000, "egressRate": 50_000_000, "egressBurst": 1_000_000}
 MAC = "02:42:ac:11:00:42"
 
@@ -118,3 +123,52 @@ def test_reference_meta_plugins_after_the_main_plugin(
     network.cni.check_network_list(NetworkConfigList.from_bytes(json.dumps(without_portmap).encode()), att.rt)
     network.detach(att)
     assert_nothing_left(network, att, host_veth, tuning_dir)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("impl", ["ours", "reference"])
+def test_meta_plugins_after_our_calico(
+    impl: str, plugin_dir: Path, reference_dir: Path, make_netns: Any, tcp_server: Any, tmp_path: Path
+) -> None:
+    """pycni's other main plugin, calico (dual-stack, a veth with /32 and /128 routes and no bridge),
+    then portmap, bandwidth and tuning: ours, or the reference's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("calico", "calico-ipam"):
+        (bin_dir / name).symlink_to(plugin_dir / name)
+    for name in ("portmap", "bandwidth", "tuning"):
+        (bin_dir / name).symlink_to((plugin_dir if impl == "ours" else reference_dir) / name)
+    tuning_dir = tmp_path / "tuning"
+    calico = calico_conf(tmp_path, ipam={"type": "calico-ipam", "assign_ipv6": "true"})
+    del calico["cniVersion"], calico["name"]
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": unique("pct-cal-", 20),
+        "plugins": [calico, *meta_plugins(tuning_dir, ours=False)],
+    }
+    net = NetworkConfigList.from_bytes(json.dumps(conf).encode())
+    env = {"PATH": os.environ["PATH"], **pool_env(unique_subnet(24), unique_subnet6().replace("/64", "/48"))}
+    cni = CNIConfig([str(bin_dir)], cache_dir=str(tmp_path / "cache"), base_env=env)
+    web, port = make_netns(), free_port()
+    # As kubelet and containerd pass them: tuning refuses unknown CNI_ARGS otherwise (as the reference).
+    args = [("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"), ("K8S_POD_NAME", unique("web-", 12))]
+    rt = RuntimeConf(unique("pctc", 20), web.path, "eth0", args=args, capability_args=capabilities(port))
+    try:
+        result = cni.add_network_list(net, rt)
+        tcp_server(web, 8080)
+        assert ask(UPLINK_ADDRESS, port) == UPLINK_ADDRESS  # the host's own address, DNATed in its output chain
+        eth0 = web.ip_json("link", "show", "eth0")[0]
+        assert eth0["address"] == MAC
+        host_veth = next(i.name for i in result.interfaces if not i.sandbox)
+        assert {"tbf", "ingress"} <= {q["kind"] for q in json.loads(sh("tc", "-j", "qdisc", "show", "dev", host_veth))}
+        if impl == "ours":
+            cni.check_network_list(net, rt)
+        else:  # the reference portmap's CHECK fails whatever the container (see above)
+            without_portmap = dict(conf, plugins=[p for p in conf["plugins"] if p["type"] != "portmap"])
+            cni.check_network_list(NetworkConfigList.from_bytes(json.dumps(without_portmap).encode()), rt)
+    finally:
+        cni.del_network_list(net, rt)
+    assert nft_mentions(rt.container_id) == [] and portmap_elements(rt.container_id) == []
+    assert ifb_name(conf["name"], rt.container_id, "eth0") not in links() and host_veth not in links()
+    assert not (tuning_dir / f"{rt.container_id}_eth0.json").exists()
+    assert rt.container_id not in subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
