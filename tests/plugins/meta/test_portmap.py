@@ -72,6 +72,24 @@ def test_dual_stack_and_check_per_family(main: str, make_network: Any, make_netn
     assert nft_mentions(att.rt.container_id) == []
 
 
+def test_host_ip_mappings(make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any) -> None:
+    client = client_ns()
+    network = make_network([portmap()], dual_stack=True)
+    web, port = make_netns(), free_port()
+    on = [{"hostPort": port, "containerPort": 8080, "protocol": "tcp", "hostIP": ip} for ip in (client.host_address, "")]
+    on[1]["hostIP"] = network.gateway6
+    att = network.attach(web, {"portMappings": on})
+    tcp_server(web, 8080)
+    assert ask(client.host_address, port, ns=client.ns) == client.address
+    with pytest.raises(OSError):  # another host address: not mapped
+        ask(network.gateway, port, timeout=1)
+    assert ask(network.gateway6, port, timeout=10) == network.gateway6
+    network.check(att)
+    assert {name for _, name, _ in portmap_elements(att.rt.container_id)} >= {"hostip_targets", "hostip_hairpins"}
+    network.detach(att)
+    assert portmap_elements(att.rt.container_id) == []
+
+
 def test_check_on_an_ipv4_only_container(make_network: Any, make_netns: Any) -> None:
     """The reference's CHECK fails here (it looks for IPv6 rules the container cannot have)."""
     network = make_network([portmap()])
@@ -207,6 +225,30 @@ def test_last_del_removes_the_network_chains(make_network: Any, make_netns: Any)
     network.detach(second)
     assert prefix not in nft_ruleset()
     assert not Path(records.network_dir(network.net.name)).exists()
+
+
+def test_a_changed_policy_gets_chains_of_its_own(make_network: Any, make_netns: Any, client_ns: Any, tcp_server: Any) -> None:
+    """Containers keep the SNAT policy they were added with; the old chains go with the last of them."""
+    client = client_ns()
+    network = make_network([portmap()])
+    web_old, web_new = make_netns(), make_netns()
+    old_port, new_port = free_port(), free_port()
+    old = network.attach(web_old, mapping(old_port))
+    network.conf["plugins"][1]["masqAll"] = True
+    new = network.attach(web_new, mapping(new_port))
+    tcp_server(web_old, 8080)
+    tcp_server(web_new, 8080)
+    assert ask(client.host_address, old_port, ns=client.ns) == client.address
+    assert ask(client.host_address, new_port, ns=client.ns) == network.gateway
+    chains = [line for line in nft_ruleset().splitlines() if f"chain {network_prefix(network.net.name)}" in line]
+    assert len(chains) == 2  # a hostports chain for each policy
+    network.check(new)
+    with pytest.raises(CNIError, match="missing"):  # CHECK compares with the configuration
+        network.check(old)
+    network.detach(old)
+    assert ask(client.host_address, new_port, ns=client.ns) == network.gateway
+    network.detach(new)
+    assert network_prefix(network.net.name) not in nft_ruleset()
 
 
 def test_table_deleted_behind_our_back(make_network: Any, make_netns: Any, tcp_server: Any) -> None:

@@ -501,6 +501,7 @@ def gc(network: str, valid: set[str]) -> None:
             if comment in stale
         ]
         nft.run(cmds, "portmap GC")
+    records.remove_leftovers(network)
     if records.remove_network_dir(network):
         remove_networks(network)
     else:

@@ -118,6 +118,21 @@ def remove_network_dir(network: str) -> bool:
     return True
 
 
+def remove_leftovers(network: str) -> None:
+    """Temporary files of writes that never finished (a killed process): they would keep the
+    network's directory, and so its chains, forever."""
+    try:
+        names = os.listdir(network_dir(network))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if ".tmp-" in name:
+            try:
+                os.unlink(os.path.join(network_dir(network), name))
+            except FileNotFoundError:
+                pass
+
+
 def all_of(network: str) -> list[Record]:
     try:
         names = sorted(os.listdir(network_dir(network)))
