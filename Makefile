@@ -24,5 +24,6 @@ test: setup
 	$(VENV)/bin/mypy
 	scripts/in-netns.sh $(PY) -m pytest $(PYTEST_ARGS)
 
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -57,7 +57,7 @@ def _links() -> set[str]:
 
 def _netns() -> set[str]:
     try:
-        return set(os.listdir("/run/netns")) & _CREATED
+        return set(os.listdir("/run/netns"))
     except FileNotFoundError:
         return set()
 
@@ -66,8 +66,7 @@ def _netns() -> set[str]:
 def no_leaks() -> Iterator[None]:
     """Fail the test that leaves a link in the (stand-in) host, or a namespace, behind.
 
-    Every link of the stand-in host belongs to this run; namespaces are visible to
-    every run on the machine, so only the ones this run named are checked."""
+    The stand-in host's links and its /run/netns belong to this run alone."""
     links, namespaces = _links(), _netns()
     yield
     leaked_links = _links() - links

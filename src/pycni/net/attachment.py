@@ -1,0 +1,588 @@
+"""What a plugin attaches to a container, described once; ADD applies it, CHECK compares
+the kernel with it, DEL removes it.
+
+The reference plugins write ADD and CHECK separately (bridge.go: 230 lines of setup,
+120 of hand-written validators), so CHECK drifts from ADD. Here a plugin builds one
+`Attachment` from its configuration and the result (the IPAM result at ADD, the
+prevResult at CHECK, nothing at DEL) and hands it to:
+
+- `apply(att)`: create and configure everything, in a fixed order (links, sysctls,
+  link settings, addresses, routes, firewall rules). If a step fails, everything
+  this call created is undone, in reverse, and the error is raised.
+- `compare(att)`: every difference between the kernel and the description, as
+  sentences (an empty list means CHECK passes). What a later plugin in a chain may
+  legitimately change is not a difference: extra addresses and routes, MTU,
+  sysctls (unless marked `check`), a MAC when the description does not give one
+  (build it from the prevResult, which tuning updates).
+- `remove(att)`: delete what the attachment owns; idempotent (a missing namespace,
+  link, address or rule is already removed).
+
+Every object is owned (created by ADD, removed by DEL and by a failed ADD) or
+`shared` (ensured by ADD, never removed: a bridge, its gateway address). Addresses and
+routes on an owned link go with the link; sysctls are set, never reverted. GC has
+nothing to do for links (they go with their namespace); rule sets decide what is stale
+across attachments, so their modules have the gc (`ipmasq.gc`, `spoofcheck.gc`).
+
+Usage (a veth pair with the container end configured, as bridge, ptp and calico do):
+
+    att = Attachment()
+    br = att.add(Link("cni0", kind="bridge", shared=True))
+    host, cont = att.veth(Link("", master=br), Link("eth0", ns=netns_path))
+    att.addresses.append(Address(cont, ip_interface("10.22.0.2/16")))
+    att.routes.append(Route(ip_network("0.0.0.0/0"), gw=ip_address("10.22.0.1"), link=cont))
+    att.sysctls.append(Sysctl("net/ipv4/conf/{link}/arp_notify", "1", link=cont))
+    att.rules.append(ipmasq.IPMasq(...))          # anything with apply/remove/differences
+    apply(att)                                    # fills host.name, .index, .actual_mac
+
+calico's attachment is the same pair without a bridge: /32 routes to the container
+through the host end (`Route(..., scope=253, link=host)`), proxy_arp on the host end
+(`Sysctl("net/ipv4/conf/{link}/proxy_arp", "1", link=host)`) and, in the container, a
+link-scoped route to 169.254.1.1 and a default route via it.
+
+Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
+(the host link they are made from, looked up in the host namespace) and kind-specific
+`create` attributes (pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are
+created from the host socket directly in `ns`, under their final name. host-device is a
+`Link` with `device` (an existing host interface): ADD moves it into `ns` under `name` in
+one request (its host name kept as its alias), DEL and a failed ADD move it back. A link
+netlink cannot create (a tap needs an ioctl inside the namespace) gets a `maker`.
+
+One netlink socket is opened per namespace per call; namespaced sysctls are written on
+one worker thread per namespace (`pycni.net.netns.run_in`). There is no module state:
+calls run concurrently in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pycni.net import addrs, links, netlink, netns, sysctl
+from pycni.net.addrs import IPInterface, RouteFields
+from pycni.spec.errors import CNIError, Code
+
+if TYPE_CHECKING:
+    from pycni.net.netlink import IPRoute
+
+log = logging.getLogger("pycni.net.attachment")
+NAME_ATTEMPTS = 10
+HOST_NS = "/proc/self/ns/net"  # plugin threads stay in the host namespace (pycni.net.netns)
+
+
+@dataclass(eq=False)
+class Link:
+    """A network interface. `name=""` asks ADD to generate one ("veth" + 8 hex digits)."""
+
+    name: str
+    ns: str | None = None  # namespace path; None is the host
+    kind: str = "veth"  # the type it is created as and must have; "" accepts any
+    shared: bool = False  # ensured (created when missing), never removed
+    peer: Link | None = None  # veth: the other end, created in the same request
+    parent: str = ""  # macvlan/ipvlan/vlan: the host link it is made from
+    create: dict[str, Any] = field(default_factory=dict)  # kind-specific RTM_NEWLINK attributes
+    device: str = ""  # host-device: the host interface that is moved in as this link
+    maker: Callable[[Link], None] | None = None  # creates the link when netlink cannot
+    mtu: int = 0  # at creation; 0 leaves the kernel's
+    mac: str = ""  # at creation, and what CHECK expects; "" leaves the kernel's
+    master: Link | None = None  # the bridge (same namespace) it is a port of
+    up: bool = True
+    promisc: bool = False  # turned on, never off (a shared bridge)
+    port: dict[str, int] = field(default_factory=dict)  # bridge port flags, links.PORT_FLAGS keys
+    vlans: list[tuple[int, bool, bool]] = field(default_factory=list)  # bridge port (vid, pvid, untagged)
+    drop_default_vlan: bool = False  # remove the port's VLANs before adding `vlans`
+    pin_mac: bool = False  # keep the MAC it had before ADD: a bridge stops following its ports' MACs
+    settle: bool = False  # wait for IPv6 duplicate address detection before adding routes
+    wait_up: bool = False  # ADD waits for operstate UP (a bridge port whose peer is up)
+    # What the kernel reports, filled by apply():
+    index: int = 0
+    actual_mac: str = ""
+
+    def where(self) -> str:
+        return f"{self.name or self.kind} in {self.ns}" if self.ns else f"{self.name or self.kind}"
+
+
+@dataclass(eq=False)
+class Address:
+    link: Link
+    address: IPInterface
+    shared: bool = False  # kept by DEL (a gateway address on a shared bridge)
+    exclusive: bool = False  # no other IPv4 address, or overlapping IPv6 one, may be on the link...
+    force: bool = False  # ...unless it is replaced (the reference's forceAddress)
+    noprefixroute: bool = False
+
+
+@dataclass(eq=False)
+class Route(RouteFields):
+    """A route through `link` (its `oif` is the link's, once the link exists)."""
+
+    link: Link = field(kw_only=True)
+    shared: bool = field(default=False, kw_only=True)
+
+    def fields(self) -> RouteFields:
+        self.oif = self.link.index
+        return self
+
+
+@dataclass
+class Sysctl:
+    """A sysctl; with `link`, `key` may name it as "{link}" (a generated name is known only at ADD)."""
+
+    key: str
+    value: str
+    ns: str | None = None  # with `link`, the link's namespace
+    link: Link | None = None
+    strict: bool = False  # a failure fails ADD (the reference ignores most sysctl errors)
+    check: bool = False  # CHECK compares it (off by default: tuning may change sysctls)
+
+    def path(self) -> str:
+        return self.key.format(link=self.link.name) if self.link is not None else self.key
+
+    def namespace(self) -> str | None:
+        return self.link.ns if self.link is not None else self.ns
+
+
+class Rules(Protocol):
+    """A firewall rule set the attachment owns (ipMasq, macspoofchk, port mappings...)."""
+
+    what: str
+
+    def apply(self) -> None: ...
+    def remove(self) -> None: ...
+    def differences(self) -> list[str]: ...
+
+
+@dataclass
+class Attachment:
+    links: list[Link] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    sysctls: list[Sysctl] = field(default_factory=list)
+    rules: list[Rules] = field(default_factory=list)
+
+    def add(self, link: Link) -> Link:
+        self.links.append(link)
+        return link
+
+    def veth(self, first: Link, second: Link) -> tuple[Link, Link]:
+        """A veth pair, created from `first`'s namespace with `second` placed in its own."""
+        first.kind = second.kind = "veth"
+        first.peer, second.peer = second, first
+        self.links += [first, second]
+        return first, second
+
+    def addresses_of(self, link: Link) -> list[Address]:
+        return [a for a in self.addresses if a.link is link]
+
+
+def _undo(fn: Callable[..., object], *args: Any) -> Callable[[], None]:
+    """A rollback step: `fn(*args)`, its result ignored (arguments bound now, not at undo time)."""
+
+    def step() -> None:
+        fn(*args)
+
+    return step
+
+
+class _Sockets:
+    """One IPRoute per namespace for the whole call."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._open: dict[str | None, IPRoute] = {}
+
+    def __call__(self, ns: str | None) -> IPRoute:
+        if ns not in self._open:
+            self._open[ns] = self._stack.enter_context(netlink.route(ns))
+        return self._open[ns]
+
+
+@contextmanager
+def _sockets() -> Iterator[_Sockets]:
+    with ExitStack() as stack:
+        yield _Sockets(stack)
+
+
+# -- ADD -------------------------------------------------------------------------
+
+
+def apply(att: Attachment) -> None:
+    """Create and configure everything; on failure undo what this call created and raise."""
+    undo: list[Callable[[], None]] = []
+    with _sockets() as sock:
+        try:
+            _apply(att, sock, undo)
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:
+                    log.exception("rollback step failed")
+            raise
+
+
+def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> None:
+    for link in att.links:
+        if link.shared and link.name:
+            _ensure_shared(sock, link)
+    created: set[int] = set()
+    for link in att.links:
+        if not link.shared and id(link) not in created:
+            _create(sock, link, undo)
+            created.update({id(link), id(link.peer)})
+    _write_sysctls(att.sysctls)
+    for link in att.links:
+        if link.index:  # a shared link's peer that was there already is left alone
+            _configure(sock(link.ns), link)
+    for address in att.addresses:
+        _add_address(sock(address.link.ns), address, undo)
+    for link in att.links:
+        if link.pin_mac:
+            _pin_mac(sock(link.ns), link)
+    for link in att.links:
+        if link.settle and any(a.address.version == 6 for a in att.addresses_of(link)):
+            addrs.settle(sock(link.ns), link.index, link.name)
+    for route in att.routes:
+        addrs.add_route(sock(route.link.ns), route.fields(), route.link.name)
+        if not route.shared and route.link.shared:
+            undo.append(_undo(_delete_route, sock, route))
+    for link in att.links:
+        if not link.index:
+            continue
+        ipr = sock(link.ns)
+        msg = links.wait_oper_up(ipr, link.index) if link.wait_up else links.by_index(ipr, link.index)
+        if msg is not None:
+            link.actual_mac = links.mac(msg)
+            if link.wait_up and not links.oper_up(msg):
+                state = msg.get_attr("IFLA_OPERSTATE")
+                raise CNIError(Code.KERNEL, f"bridge port in error state: {state} ({link.where()})")
+    for rules in att.rules:
+        rules.apply()
+        undo.append(rules.remove)
+
+
+def _lookup(ipr: IPRoute, link: Link) -> Any:
+    msg = links.get(ipr, link.name)
+    if msg is not None:
+        link.index = msg["index"]
+        link.actual_mac = links.mac(msg)
+    return msg
+
+
+def _ensure_shared(sock: _Sockets, link: Link) -> None:
+    """Find a shared link, creating it (and its veth peer) when missing."""
+    ipr = sock(link.ns)
+    msg = _lookup(ipr, link)
+    if msg is None and link.kind:
+        _create(sock, link, [])  # shared: never undone, another attachment may use it already
+        msg = _lookup(ipr, link)
+    if msg is None:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"link {link.where()} does not exist")
+    if link.kind and links.kind(msg) != link.kind:
+        raise CNIError(Code.CONFLICT, f"{link.name!r} already exists but is not a {link.kind}")
+
+
+def _create_spec(ipr: IPRoute, link: Link) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ifname": link.name, "kind": link.kind, **link.create}
+    if link.mtu:
+        spec["mtu"] = link.mtu
+    if link.mac:
+        spec["address"] = link.mac
+    if link.master is not None and link.master.index:
+        spec["master"] = link.master.index
+    if link.parent:
+        parent = links.get(ipr, link.parent)
+        if parent is None:
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, f"parent link {link.parent!r} of {link.where()} does not exist")
+        spec["link"] = parent["index"]
+    return spec
+
+
+def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
+    """Create an owned link (a veth pair in one request) and register its removal."""
+    if link.device:
+        _take_device(sock, link, undo)
+        return
+    if link.maker is not None:
+        link.maker(link)
+        if _lookup(sock(link.ns), link) is None:
+            raise CNIError(Code.KERNEL, f"link {link.where()} was not created")
+        undo.append(_undo(links.delete, sock(link.ns), link.index))
+        return
+    from_ns = None if link.parent else link.ns
+    ipr = sock(from_ns)
+    generated = [end for end in (link, link.peer) if end is not None and not end.name]
+    for _attempt in range(NAME_ATTEMPTS):
+        for end in generated:
+            end.name = links.random_veth_name()
+        spec = _create_spec(ipr, link)
+        peer_ns = None
+        if link.peer is not None:
+            peer = link.peer
+            spec["peer"] = {"ifname": peer.name, **({"mtu": peer.mtu} if peer.mtu else {})}
+            if peer.mac:
+                spec["peer"]["address"] = peer.mac
+            if peer.ns != link.ns:  # placed by IFLA_NET_NS_FD; the host is this process's namespace
+                peer_ns = peer.ns if peer.ns is not None else HOST_NS
+        try:
+            if link.parent and link.ns is not None:
+                _create_in(ipr, spec, link.ns, link)
+            else:
+                links.create(ipr, spec, peer_ns, what=f"failed to make {link.kind} {link.where()}")
+            break
+        except CNIError:
+            raise
+        except Exception:  # noqa: BLE001 - EEXIST: find out which name is taken
+            taken = _taken_name(sock, link)
+            if taken in generated:
+                continue
+            if taken is link and link.shared:
+                return  # created concurrently by another call: fine for a shared link
+            raise CNIError(
+                Code.CONFLICT,
+                f"an interface named {taken.name!r} already exists in {taken.ns or 'the host namespace'}",
+                "the existing interface was left untouched",
+            ) from None
+    else:
+        raise CNIError(Code.CONFLICT, f"failed to find a unique name for a {link.kind} link")
+    for created in (link, link.peer):
+        if created is not None and _lookup(sock(created.ns), created) is None:
+            raise CNIError(Code.KERNEL, f"link {created.where()} vanished right after it was created")
+    undo.append(_undo(links.delete, sock(link.ns), link.index))
+
+
+def _take_device(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
+    """Move a host interface into the link's namespace under the link's name, in one request."""
+    host = sock(None)
+    msg = links.get(host, link.device)
+    if msg is None:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"host device {link.device!r} does not exist")
+    if link.ns is not None and links.get(sock(link.ns), link.name) is not None:
+        raise CNIError(Code.CONFLICT, f"an interface named {link.name!r} already exists in {link.ns}")
+    _move(host, msg["index"], link.ns or HOST_NS, link.name, f"moving {link.device} into {link.ns}", alias=link.device)
+    if _lookup(sock(link.ns), link) is None:
+        raise CNIError(Code.KERNEL, f"{link.device} did not arrive in {link.ns} as {link.name}")
+    undo.append(_undo(_give_back, sock, link))
+
+
+def _move(ipr: IPRoute, index: int, ns: str, name: str, what: str, alias: str = "") -> None:
+    links.set_attrs(ipr, index, what, state="down")
+    fd = netns.open_fd(ns)
+    try:
+        links.set_attrs(ipr, index, what, net_ns_fd=fd, ifname=name, **({"ifalias": alias} if alias else {}))
+    finally:
+        os.close(fd)
+
+
+def _give_back(sock: _Sockets, link: Link) -> None:
+    """Move a host-device link back to the host under its old name (kept in its alias)."""
+    ipr = sock(link.ns)
+    msg = links.get(ipr, link.name)
+    if msg is not None:
+        name = str(msg.get_attr("IFLA_IFALIAS") or link.device)
+        _move(ipr, msg["index"], HOST_NS, name, f"giving {link.name} back to the host as {name}")
+
+
+def _create_in(ipr: IPRoute, spec: dict[str, Any], ns: str, link: Link) -> None:
+    """Create a link from the host socket directly inside `ns` (macvlan & co. need their parent)."""
+    fd = netns.open_fd(ns)
+    try:
+        links.create(ipr, dict(spec, net_ns_fd=fd), what=f"failed to make {link.kind} {link.where()}")
+    finally:
+        os.close(fd)
+
+
+def _taken_name(sock: _Sockets, link: Link) -> Link:
+    """Which end's name made a creation fail with EEXIST."""
+    for end in (link, link.peer):
+        if end is not None and links.get(sock(end.ns), end.name) is not None:
+            return end
+    return link
+
+
+def _write_sysctls(items: list[Sysctl]) -> None:
+    by_ns: dict[str | None, list[Sysctl]] = {}
+    for item in items:
+        by_ns.setdefault(item.namespace(), []).append(item)
+    for ns, group in by_ns.items():
+
+        def write_all(group: list[Sysctl] = group) -> None:
+            for item in group:
+                try:
+                    sysctl.write_many([(item.path(), item.value)])
+                except CNIError:
+                    if item.strict:
+                        raise
+                    log.debug("ignoring failed sysctl %s=%s", item.path(), item.value)
+
+        if ns is None:
+            write_all()
+        else:
+            netns.run_in(ns, write_all)
+
+
+def _configure(ipr: IPRoute, link: Link) -> None:
+    """Settings applied after creation (and to shared links every time, as the reference does)."""
+    msg = links.by_index(ipr, link.index)
+    if msg is None:
+        raise CNIError(Code.KERNEL, f"link {link.where()} disappeared")
+    if link.master is not None and links.master(msg) != link.master.index:
+        what = f"failed to connect {link.name!r} to bridge {link.master.name}"
+        links.set_attrs(ipr, link.index, what, master=link.master.index)
+    if link.port:
+        links.set_port_flags(ipr, link.index, link.port, f"failed to set bridge port flags of {link.name!r}")
+    if link.drop_default_vlan:
+        links.remove_vlans(ipr, link.index, f"failed to remove default vlan on interface {link.name!r}")
+    for vid, pvid, untagged in link.vlans:
+        links.add_vlan(ipr, link.index, vid, pvid, untagged, f"failed to setup vlan tag on interface {link.name!r}")
+    if link.promisc and not links.is_promisc(msg):
+        what = f"could not set promiscuous mode on {link.name!r}"
+        links.set_attrs(ipr, link.index, what, flags=links.IFF_PROMISC, change=links.IFF_PROMISC)
+    if link.up and not links.is_up(msg):
+        links.set_attrs(ipr, link.index, f"failed to set {link.name!r} up", state="up")
+
+
+def _add_address(ipr: IPRoute, address: Address, undo: list[Callable[[], None]]) -> None:
+    link = address.link
+    if address.exclusive:
+        for present in addrs.list_addresses(ipr, link.index):
+            if present == address.address or present.version != address.address.version or present.ip.is_link_local:
+                continue
+            overlap = present.network.overlaps(address.address.network)
+            if address.address.version == 4 or overlap:
+                if not address.force:
+                    raise CNIError(Code.CONFLICT, f"{link.name!r} already has an IP address different from {address.address}")
+                addrs.delete_address(ipr, link.index, present)
+    added = addrs.add_address(ipr, link.index, address.address, link.name, address.noprefixroute)
+    if added and link.shared and not address.shared:
+        undo.append(_undo(addrs.delete_address, ipr, link.index, address.address))
+
+
+def _pin_mac(ipr: IPRoute, link: Link) -> None:
+    """Set the MAC the link had when this call found it (as the reference does): a bridge
+    keeps its own address instead of taking its lowest port's."""
+    mac = link.actual_mac
+    if not mac or mac == "00:00:00:00:00:00":
+        # A bridge whose last port went has no address until a port comes: take the new port's.
+        msg = links.by_index(ipr, link.index)
+        mac = links.mac(msg) if msg is not None else ""
+    if mac and mac != "00:00:00:00:00:00":
+        links.set_attrs(ipr, link.index, f"could not set {link.name!r}'s mac", address=mac)
+
+
+def _delete_route(sock: _Sockets, route: Route) -> None:
+    addrs.delete_route(sock(route.link.ns), route.fields())
+
+
+# -- CHECK -----------------------------------------------------------------------
+
+
+def compare(att: Attachment) -> list[str]:
+    """Every difference between the kernel and the description (empty: CHECK passes)."""
+    problems: list[str] = []
+    with _sockets() as sock:
+        found: dict[int, Any] = {}
+        for link in att.links:
+            if not link.name:
+                continue
+            try:
+                msg = _lookup(sock(link.ns), link)
+            except netns.NetNSNotFound as exc:
+                problems.append(str(exc))
+                continue
+            if msg is None:
+                problems.append(f"{link.where()} was not found")
+                continue
+            found[id(link)] = msg
+            problems += _link_differences(link, msg)
+        for link in att.links:
+            msg = found.get(id(link))
+            if msg is None:
+                continue
+            if link.master is not None and links.master(msg) != link.master.index:
+                problems.append(f"{link.where()} is not a port of {link.master.name}")
+            if link.peer is not None and id(link.peer) in found and links.peer_index(msg) != link.peer.index:
+                problems.append(f"{link.where()} is not the veth peer of {link.peer.where()}")
+        for address in att.addresses:
+            present = addrs.list_addresses(sock(address.link.ns), address.link.index) if id(address.link) in found else None
+            if present is not None and address.address not in present:
+                problems.append(f"{address.link.where()} does not have address {address.address}")
+        for route in att.routes:
+            # Any table, any device: a later plugin may move routes (sbr) or name them for
+            # another interface of the chain; what matters is that the destination is reached.
+            wanted = dataclasses.replace(route.fields(), oif=0)
+            if id(route.link) in found and addrs.find_route(sock(route.link.ns), wanted, any_table=True) is None:
+                via = f" via {route.gw}" if route.gw else ""
+                problems.append(f"route {route.dst}{via} dev {route.link.name} is missing in {route.link.ns or 'the host'}")
+    for item in att.sysctls:
+        if item.check:
+            try:
+                value = sysctl.read(item.path(), item.namespace())
+            except CNIError as exc:
+                problems.append(str(exc))
+                continue
+            if value != item.value:
+                problems.append(f"sysctl {item.path()} is {value!r}, expected {item.value!r}")
+    for rules in att.rules:
+        problems += rules.differences()
+    return problems
+
+
+def _link_differences(link: Link, msg: Any) -> list[str]:
+    out = []
+    if link.kind and links.kind(msg) != link.kind:
+        out.append(f"{link.where()} is a {links.kind(msg) or 'device'}, not a {link.kind}")
+    if link.mac and links.mac(msg).lower() != link.mac.lower():
+        out.append(f"{link.where()} has MAC {links.mac(msg)}, expected {link.mac}")
+    if link.up and not links.is_up(msg):
+        out.append(f"{link.where()} is down")
+    if link.promisc and not links.is_promisc(msg):
+        out.append(f"{link.where()} is not in promiscuous mode")
+    actual = links.port_flags(msg)
+    for key, want in link.port.items():
+        if actual.get(key, 0) != want:
+            out.append(f"{link.where()}: bridge port {links.PORT_FLAGS[key]} is {actual.get(key, 0)}, expected {want}")
+    return out
+
+
+# -- DEL -------------------------------------------------------------------------
+
+
+def remove(att: Attachment) -> None:
+    """Delete what the attachment owns; what is already gone is fine."""
+    with _sockets() as sock:
+        gone: set[int] = set()
+        for link in att.links:
+            if link.shared or not link.name or id(link) in gone:
+                continue
+            if link.ns is not None and not netns.exists(link.ns):
+                continue
+            ipr = sock(link.ns)
+            msg = links.get(ipr, link.name)
+            if msg is None:
+                continue
+            if link.kind and links.kind(msg) != link.kind:
+                log.warning("not deleting %s: it is a %s, not a %s", link.where(), links.kind(msg), link.kind)
+                continue
+            if link.device:
+                _give_back(sock, link)
+                continue
+            links.delete(ipr, msg["index"])
+            gone.update({id(link), id(link.peer)})
+        for address in att.addresses:
+            if address.link.shared and not address.shared:
+                msg = links.get(sock(address.link.ns), address.link.name)
+                if msg is not None:
+                    addrs.delete_address(sock(address.link.ns), msg["index"], address.address)
+        for route in att.routes:
+            if route.link.shared and not route.shared:
+                msg = links.get(sock(route.link.ns), route.link.name)
+                if msg is not None:
+                    route.link.index = msg["index"]
+                    addrs.delete_route(sock(route.link.ns), route.fields())
+    for rules in att.rules:
+        rules.remove()

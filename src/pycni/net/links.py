@@ -1,0 +1,196 @@
+"""Links through one pyroute2 socket: look up, create (a veth pair in one request), set, delete.
+
+Every function takes an open `IPRoute` (`pycni.net.netlink.route(ns)`), so a plugin
+talks to each namespace through one socket for the whole call. Failures the kernel
+reports become CNIErrors naming the link: code 100, or 101 when the kernel lacks
+the feature (EOPNOTSUPP).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from pycni.net import netlink, netns
+from pycni.spec.errors import CNIError, Code
+
+if TYPE_CHECKING:
+    from pycni.net.netlink import IPRoute
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+# Bridge port flags as IFLA_BRPORT_* names (pyroute2's short form) to what they mean.
+PORT_FLAGS = {"mode": "hairpin", "isolated": "isolated"}
+
+Msg = Any  # a pyroute2 ifinfmsg
+
+
+def kernel_error(exc: BaseException, what: str, unsupported: str = "") -> CNIError:
+    """A CNIError for a failed netlink call: 101 when the kernel lacks the feature."""
+    code = netlink.error_code(exc)
+    reason = os.strerror(code) if code else str(exc)
+    if code == errno.EOPNOTSUPP and unsupported:
+        return CNIError(Code.KERNEL_UNSUPPORTED, f"{what}: this kernel does not support {unsupported}", reason)
+    return CNIError(Code.KERNEL, f"{what}: {reason}")
+
+
+def random_veth_name() -> str:
+    """The reference's host-side name: "veth" and 8 random hex digits (NetworkManager ignores veth*)."""
+    return "veth" + os.urandom(4).hex()
+
+
+def get(ipr: IPRoute, name: str) -> Msg | None:
+    """The link called `name`, or None."""
+    try:
+        found = ipr.get_links(ifname=name)
+    except Exception as exc:  # noqa: BLE001 - a missing link is ENODEV; anything else is real
+        if netlink.is_errno(exc, errno.ENODEV, errno.ENOENT):
+            return None
+        raise kernel_error(exc, f"looking up link {name}") from None
+    return found[0] if found else None
+
+
+def by_index(ipr: IPRoute, index: int) -> Msg | None:
+    try:
+        found = ipr.get_links(index)
+    except Exception as exc:  # noqa: BLE001
+        if netlink.is_errno(exc, errno.ENODEV, errno.ENOENT):
+            return None
+        raise kernel_error(exc, f"looking up link #{index}") from None
+    return found[0] if found else None
+
+
+def kind(msg: Msg) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return str(info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
+def name(msg: Msg) -> str:
+    return str(msg.get_attr("IFLA_IFNAME"))
+
+
+def mac(msg: Msg) -> str:
+    return str(msg.get_attr("IFLA_ADDRESS") or "")
+
+
+def master(msg: Msg) -> int:
+    return int(msg.get_attr("IFLA_MASTER") or 0)
+
+
+def peer_index(msg: Msg) -> int:
+    """A veth's peer ifindex (in the peer's namespace)."""
+    return int(msg.get_attr("IFLA_LINK") or 0)
+
+
+def is_up(msg: Msg) -> bool:
+    return bool(msg["flags"] & IFF_UP)
+
+
+def is_promisc(msg: Msg) -> bool:
+    return bool(msg["flags"] & IFF_PROMISC)
+
+
+def oper_up(msg: Msg) -> bool:
+    return bool(msg.get_attr("IFLA_OPERSTATE") == "UP")
+
+
+def port_flags(msg: Msg) -> dict[str, int]:
+    """The bridge port flags (`PORT_FLAGS` keys) of a bridge port."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    if data is None:
+        return {}
+    return {key: int(data.get_attr("IFLA_BRPORT_" + key.upper()) or 0) for key in PORT_FLAGS}
+
+
+def create(ipr: IPRoute, spec: dict[str, Any], peer_ns: str | None = None, what: str = "") -> None:
+    """RTM_NEWLINK with `spec` (pyroute2 keywords); a veth's `peer` dict is placed in `peer_ns`.
+
+    Placing the peer through IFLA_NET_NS_FD creates it in the container under its final
+    name in the same request: no temporary name, no move, no rename."""
+    spec = dict(spec)
+    fd = -1
+    try:
+        if "peer" in spec and peer_ns is not None:
+            fd = netns.open_fd(peer_ns)
+            spec["peer"] = dict(spec["peer"], net_ns_fd=fd)
+        ipr.link("add", **spec)
+    except CNIError:
+        raise
+    except Exception as exc:
+        if netlink.is_errno(exc, errno.EEXIST):
+            raise
+        raise kernel_error(exc, what or f"creating {spec.get('kind', 'link')} {spec.get('ifname')}", _unsupported(spec)) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _unsupported(spec: dict[str, Any]) -> str:
+    if spec.get("br_vlan_filtering"):
+        return "bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)"
+    return f"links of type {spec.get('kind')!r}"
+
+
+def set_attrs(ipr: IPRoute, index: int, what: str, **attrs: Any) -> None:
+    try:
+        ipr.link("set", index=index, **attrs)
+    except Exception as exc:  # noqa: BLE001
+        raise kernel_error(exc, what) from None
+
+
+def set_port_flags(ipr: IPRoute, index: int, flags: dict[str, int], what: str) -> None:
+    try:
+        ipr.brport("set", index=index, **flags)
+    except Exception as exc:  # noqa: BLE001
+        raise kernel_error(exc, what, "these bridge port flags") from None
+
+
+def add_vlan(ipr: IPRoute, index: int, vid: int, pvid: bool, untagged: bool, what: str) -> None:
+    flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+    try:
+        ipr.vlan_filter("add", index=index, vlan_info={"vid": vid, "flags": flags})
+    except Exception as exc:  # noqa: BLE001
+        raise kernel_error(exc, what, "bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)") from None
+
+
+def remove_vlans(ipr: IPRoute, index: int, what: str) -> None:
+    """Remove every VLAN of a bridge port (the reference's preserveDefaultVlan=false)."""
+    try:
+        for msg in ipr.get_vlans():
+            if msg["index"] != index:
+                continue
+            spec = msg.get_attr("IFLA_AF_SPEC")
+            for info in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO") if spec is not None else []:
+                ipr.vlan_filter("del", index=index, vlan_info={"vid": info["vid"]})
+    except Exception as exc:  # noqa: BLE001
+        raise kernel_error(exc, what, "bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)") from None
+
+
+def delete(ipr: IPRoute, index: int) -> bool:
+    """Delete a link; False when it was already gone."""
+    try:
+        ipr.link("del", index=index)
+    except Exception as exc:  # noqa: BLE001
+        if netlink.is_errno(exc, errno.ENODEV, errno.ENOENT):
+            return False
+        raise kernel_error(exc, f"deleting link #{index}") from None
+    return True
+
+
+def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 2.5) -> Msg:
+    """Wait until a link's operstate is UP (a bridge port whose peer came up); its final state."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        msg = by_index(ipr, index)
+        if msg is None:
+            raise CNIError(Code.KERNEL, f"link #{index} disappeared while waiting for it to come up")
+        if oper_up(msg) or time.monotonic() >= deadline:
+            return msg
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

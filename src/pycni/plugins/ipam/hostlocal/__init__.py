@@ -1,0 +1,4 @@
+"""host-local IPAM internals: configuration, the on-disk store, the allocator.
+
+The plugin itself is `pycni.plugins.ipam.host_local`.
+"""
