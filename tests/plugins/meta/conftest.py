@@ -1,9 +1,9 @@
-"""Chains for the meta plugins: a main plugin (the reference bridge, or ours once it lands)
-followed by meta plugins (ours or the reference's), run through pycni's runtime.
+"""Chains for the meta plugins: a main plugin (the reference bridge, or ours) followed by
+meta plugins (ours or the reference's), run through pycni's runtime.
 
 `MAIN_IMPLS` lists the bridge implementations the chain tests run with: the Go
-reference always, pycni's own as soon as the package ships `bridge` and
-`host-local` (the tests pick it up by themselves).
+reference always, and pycni's own whenever the package ships `bridge` and
+`host-local` (it does since they landed; the tests find them by themselves).
 """
 
 from __future__ import annotations

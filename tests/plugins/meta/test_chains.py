@@ -1,8 +1,9 @@
 """Whole chains through pycni's runtime: a main plugin, then meta plugins, ADD, CHECK and DEL,
 and afterwards nothing of the container left on the host.
 
-With `MAIN_IMPLS` these run the reference bridge -> our meta plugins, and our bridge -> ours
-and -> the reference's as soon as the package ships `bridge` and `host-local`.
+With `MAIN_IMPLS` these run our bridge -> our portmap, bandwidth, tuning and firewall,
+the reference bridge -> ours, our bridge -> the reference portmap, bandwidth and tuning
+(and the reference's all the way, as a baseline); and our calico -> ours or the reference's.
 """
 
 from __future__ import annotations

@@ -310,7 +310,9 @@ def remove_networks(network: str, keep: set[str] | None = None) -> None:
     prefix = network_prefix(network)
     for family, (fam, _) in FAMILIES.items():
         found = structure(family)
-        netids = {c.rsplit("_", 1)[0] for c in found.chains if c.startswith(prefix)} - (keep or set())
+        netids = {c.rsplit("_", 1)[0] for c in found.chains if c.startswith(prefix)}
+        netids |= {s.rsplit("_", 2)[0] for s in found.sets if s.startswith(prefix)}
+        netids -= keep or set()
         if not netids:
             continue
         cmds = []
@@ -478,32 +480,35 @@ def check(
 
 def gc(network: str, valid: set[str]) -> None:
     """Remove the elements of this network's attachments that are not valid any more: those of
-    stale records, then any left in the network's sets without one; then unused network chains."""
+    stale records, then any left without a record (found by their tags); then the network's
+    chains and sets no attachment uses."""
     for record in records.all_of(network):
         if record.tag not in valid:
             _delete_owned(record.entries, record.tag, "portmap GC")
             records.remove(network, record.container_id, record.ifname)
     prefix = network_prefix(network)
+    # An owner tag starts with its network's name (cut to 60 characters when the tag is hashed).
+    own = {network, network[:60]}
+    shared = {*TARGETS.values(), *HAIRPINS.values()}
+    in_use = {e.obj.rsplit("_", 2)[0] for r in records.all_of(network) for e in r.entries if e.obj.startswith(prefix)}
     for fam, _ in FAMILIES.values():
         elements: list[tuple[str, Any, str]] = []  # (set, key, comment)
         for item in nft.list_objects(f"table {fam} {TABLE}"):
             obj = item.get("set") or item.get("map")
-            if obj is None:
+            if obj is None or not (obj["name"] in shared or obj["name"].startswith(prefix)):
                 continue
             for el in obj.get("elem", []) or []:
                 el = el[0] if isinstance(el, list) else el
                 if isinstance(el, dict) and "elem" in el:
                     elements.append((obj["name"], el["elem"].get("val"), el["elem"].get("comment", "")))
-        stale = {c for name, _, c in elements if name.startswith(prefix) and c and c not in valid}
+        stale = {c for _, _, c in elements if c and c not in valid and c.split(" ", 1)[0] in own}
         cmds = [
             {"delete": {"element": {"family": fam, "table": TABLE, "name": name, "elem": [key]}}}
             for name, key, comment in elements
             if comment in stale
         ]
         nft.run(cmds, "portmap GC")
+        in_use |= {name.rsplit("_", 2)[0] for name, _, c in elements if name.startswith(prefix) and c not in stale}
     records.remove_leftovers(network)
-    if records.remove_network_dir(network):
-        remove_networks(network)
-    else:
-        in_use = {e.obj.rsplit("_", 2)[0] for r in records.all_of(network) for e in r.entries if e.obj.startswith(prefix)}
-        remove_networks(network, keep=in_use)
+    records.remove_network_dir(network)
+    remove_networks(network, keep=in_use)
