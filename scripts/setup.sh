@@ -51,5 +51,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check ".[test]" 2>&1 | quiet
   rm -f .venv/.deps-* && touch "$stamp"
 fi
-# Always reinstall pycni itself, so the venv runs the checkout's code.
+# Always reinstall pycni itself, so the venv runs the checkout's code (without setuptools'
+# build/ directory, which would keep shipping modules that no longer exist in src/).
+rm -rf build
 .venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall --no-build-isolation . 2>&1 | quiet

@@ -207,7 +207,10 @@ def unique_subnet(prefix_len: int = 24) -> str:
 
 
 def unique_subnet6() -> str:
-    return f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    """A unique-local /64, in canonical form (as the kernel and results print it)."""
+    import ipaddress
+
+    return str(ipaddress.ip_network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"))
 
 
 def delete_link(name: str) -> None:

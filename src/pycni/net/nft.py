@@ -13,11 +13,16 @@ namespace (`netns.run_in`) gets a context of its own for that one command.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import os
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pycni.spec.errors import CNIError, Code
@@ -93,3 +98,162 @@ def list_objects(target: str) -> list[dict[str, Any]]:
 
 def table_exists(family: str, name: str) -> bool:
     return bool(list_objects(f"table {family} {name}"))
+
+
+def list_ruleset(family: str) -> list[dict[str, Any]]:
+    """Tables, chains, rules and sets of one family, without set elements (`nft -t -j list ruleset`).
+
+    Its cost follows the number of rules, not of elements: listing a table or a chain
+    makes libnftables fetch every element of every set the table holds."""
+    with _lock:
+        ctx = _context()
+        ctx.set_terse_output(True)
+        try:
+            rc, out, err = ctx.cmd(f"list ruleset {family}")
+        finally:
+            ctx.set_terse_output(False)
+    if rc != 0:
+        raise NftError(f"list ruleset {family}", err)
+    data = json.loads(out) if out else {"nftables": []}
+    return [item for item in data.get("nftables", []) if "metainfo" not in item]
+
+
+# -- looking one element or set up ------------------------------------------------------------
+#
+# libnftables' `get element` fills its cache with the table first, so its cost grows with the
+# set. The kernel looks an element up by key (NFT_MSG_GETSETELEM without NLM_F_DUMP) and a set
+# by name (NFT_MSG_GETSET): those requests are built here. The netlink socket stays open:
+# closing a netfilter socket waits for the destruction of whatever the last transaction
+# deleted (an RCU grace period, several milliseconds).
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWSET, NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 9, 10, 12, 13
+NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_USERDATA = 1, 2, 6
+NFTA_DATA_VALUE = 1
+NLA_F_NESTED = 0x8000
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+NFPROTO = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7}
+UDATA_SET_ELEM_COMMENT = 0
+PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+def key_field(value: str | int | ipaddress.IPv4Address | ipaddress.IPv6Address, kind: str) -> bytes:
+    """One field of a key or datum as the kernel stores it: kind "proto" (inet_proto, by name),
+    "port" (inet_service), "addr" (ipv4_addr/ipv6_addr), "ifindex" (iface_index, host order)."""
+    if kind == "proto":
+        return bytes([PROTOCOL_NUMBERS[str(value)]])
+    if kind == "port":
+        return struct.pack("!H", int(value))
+    if kind == "addr":
+        return ipaddress.ip_address(value).packed
+    if kind == "ifindex":
+        return struct.pack("=I", int(value))
+    raise ValueError(f"unknown key field kind {kind!r}")
+
+
+def concat(*fields: bytes) -> bytes:
+    """A key or datum of several fields (`a . b`): each takes a multiple of 32 bits."""
+    return fields[0] if len(fields) == 1 else b"".join(_pad4(f) for f in fields)
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), kind) + _pad4(payload)
+
+
+def _attrs(data: bytes) -> dict[int, bytes]:
+    found = {}
+    while len(data) >= 4:
+        length, kind = struct.unpack_from("=HH", data)
+        if length < 4:
+            break
+        found[kind & ~NLA_F_NESTED] = data[4:length]
+        data = data[(length + 3) & ~3 :]
+    return found
+
+
+class _Socket:
+    """One netfilter netlink socket for the process, in the namespace it was opened in."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.seq = 0
+
+    def request(self, msg: int, family: str, attrs: bytes, what: str) -> bytes | None:
+        """Send one request; the reply's attributes, or None for ENOENT."""
+        with self.lock:
+            if self.sock is None:
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+                self.sock.bind((0, 0))
+            self.seq = self.seq % 0x7FFFFFFF + 1
+            body = struct.pack("=BBH", NFPROTO[family], 0, 0) + attrs
+            msg_type = (NFNL_SUBSYS_NFTABLES << 8) | msg
+            try:
+                self.sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST, self.seq, 0) + body)
+                while True:
+                    reply = self.sock.recv(65536)
+                    length, kind, _flags, seq = struct.unpack_from("=IHHI", reply)
+                    if seq == self.seq:
+                        break  # anything else is the reply to a request abandoned by an exception
+            except OSError:
+                self.sock.close()
+                self.sock = None
+                raise
+        if kind == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", reply, 16)
+            if -code == errno.ENOENT:
+                return None
+            raise NftError(what, os.strerror(-code))
+        return reply[16 + 4 : length]
+
+
+_netlink = _Socket()
+
+
+@dataclass(frozen=True)
+class Element:
+    """A set or map element as the kernel holds it: its comment and (maps) its data bytes."""
+
+    comment: str
+    data: bytes | None
+
+
+def _parse_element(attrs: bytes) -> Element:
+    listed = _attrs(_attrs(attrs).get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
+    element = _attrs(listed.get(NFTA_LIST_ELEM, b""))
+    comment = ""
+    udata = element.get(NFTA_SET_ELEM_USERDATA, b"")
+    while len(udata) >= 2:
+        kind, length = udata[0], udata[1]
+        if kind == UDATA_SET_ELEM_COMMENT:
+            comment = udata[2 : 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+        udata = udata[2 + length :]
+    data = _attrs(element[NFTA_SET_ELEM_DATA]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_DATA in element else None
+    return Element(comment, data)
+
+
+def lookup(family: str, table: str, name: str, key: bytes) -> Element | None:
+    """The element of set or map `name` whose key is `key` (the kernel's bytes: `key_field`,
+    `concat`), or None when it, the set or the table does not exist. Its cost does not
+    depend on the set's size."""
+    inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
+    attrs = _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    attrs += _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+    attrs += _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, _attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner))
+    reply = _netlink.request(NFT_MSG_GETSETELEM, family, attrs, f"get element {family} {table} {name}")
+    return None if reply is None else _parse_element(reply)
+
+
+def set_exists(family: str, table: str, name: str) -> bool:
+    """Does set or map `name` exist (without listing anything)?"""
+    attrs = _attr(NFTA_SET_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_NAME, name.encode() + b"\0")
+    return _netlink.request(NFT_MSG_GETSET, family, attrs, f"get set {family} {table} {name}") is not None

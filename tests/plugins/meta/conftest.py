@@ -1,13 +1,14 @@
-"""Chains for the meta plugins: a main plugin (the reference bridge, or ours once it lands)
-followed by meta plugins (ours or the reference's), run through pycni's runtime.
+"""Chains for the meta plugins: a main plugin (the reference bridge, or ours) followed by
+meta plugins (ours or the reference's), run through pycni's runtime.
 
 `MAIN_IMPLS` lists the bridge implementations the chain tests run with: the Go
-reference always, pycni's own as soon as the package ships `bridge` and
-`host-local` (the tests pick it up by themselves).
+reference always, and pycni's own whenever the package ships `bridge` and
+`host-local` (it does since they landed; the tests find them by themselves).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import socket
@@ -25,7 +26,7 @@ from pycni.runtime import CNIConfig, RuntimeConf
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.result import Result
 
-from ...conftest import REFERENCE_DIR, NetNS, delete_link, unique, unique_subnet, unique_subnet6
+from ...conftest import REFERENCE_DIR, NetNS, PluginRun, delete_link, run_plugin, unique, unique_subnet, unique_subnet6
 
 META_TYPES = ("portmap", "bandwidth", "tuning", "firewall")
 MAIN_TYPES = ("bridge", "host-local", "loopback")
@@ -104,7 +105,7 @@ class Network:
     @property
     def gateway6(self) -> str:
         assert self.subnet6 is not None
-        return self.subnet6.split("::")[0] + "::1"
+        return str(ipaddress.ip_network(self.subnet6)[1])
 
     def attach(
         self, ns: NetNS, capabilities: dict[str, Any] | None = None, container_id: str = "", ifname: str = "eth0"
@@ -128,6 +129,15 @@ class Network:
         self.cni.del_network_list(self.net, att.rt)
         if att in self.attached:
             self.attached.remove(att)
+
+    def gc_plugin(self, plugin_type: str, valid: list[Attachment]) -> PluginRun:
+        """GC of one plugin of the chain, given `valid` only: the others are leaked on purpose
+        (the runtime's GC would DEL the attachments it has cached first)."""
+        plugin = next(p for p in self.conf["plugins"] if p["type"] == plugin_type)
+        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf.update(cniVersion="1.1.0", name=self.conf["name"])
+        conf["cni.dev/valid-attachments"] = [{"containerID": a.rt.container_id, "ifname": a.rt.ifname} for a in valid]
+        return run_plugin(Path(self.cni.path[0]) / plugin_type, "GC", conf)
 
 
 def bridge_conf(
@@ -325,10 +335,27 @@ def nft_json(target: str) -> list[dict[str, Any]]:
     return [o for o in json.loads(out.stdout)["nftables"] if "metainfo" not in o]
 
 
+def nft_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+
+
 def nft_mentions(tag_part: str) -> list[str]:
     """Every line of the host's nftables ruleset mentioning `tag_part` (a container ID)."""
     out = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if tag_part in line]
+
+
+def portmap_elements(tag_part: str) -> list[tuple[str, str, str]]:
+    """(family, set, key) of every element of portmap's tables whose comment mentions `tag_part`."""
+    found = []
+    for family in ("ip", "ip6"):
+        for item in nft_json(f"table {family} cni_hostport"):
+            obj = item.get("set") or item.get("map")
+            for el in (obj or {}).get("elem", []) or []:
+                el = el[0] if isinstance(el, list) else el
+                if isinstance(el, dict) and tag_part in el.get("elem", {}).get("comment", ""):
+                    found.append((family, obj["name"], json.dumps(el["elem"]["val"])))
+    return sorted(found)
 
 
 def links() -> set[str]:

@@ -103,3 +103,54 @@ def test_static_limits_win_over_the_capability(make_network: Any, make_netns: An
     tbf = next(q for q in json.loads(out) if q["kind"] == "tbf")
     assert tbf["options"]["rate"] == 1_000_000  # bytes/s: the static 8 Mbit/s, not the capability's
     assert ifb_name(network.net.name, att.rt.container_id, "eth0") not in links()  # no egress limit statically
+
+
+def qdisc_kinds(dev: str) -> set[str]:
+    out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True, check=True).stdout
+    return {q["kind"] for q in json.loads(out)}
+
+
+def test_del_removes_qdiscs_and_ifb_and_is_idempotent(plugin_dir: Any, make_network: Any, make_netns: Any) -> None:
+    """bandwidth's own DEL (before the main plugin deletes the veth): the host veth is clean again."""
+    network = make_network([BANDWIDTH])
+    att = network.attach(make_netns(), {"bandwidth": LIMITS})
+    host_veth = att.result.interfaces[1].name
+    ifb = ifb_name(network.net.name, att.rt.container_id, "eth0")
+    assert {"tbf", "ingress"} <= qdisc_kinds(host_veth) and ifb in links()
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": network.net.name,
+        "type": "bandwidth",
+        "runtimeConfig": {"bandwidth": LIMITS},
+        "prevResult": att.result.to_dict(),
+    }
+    for _ in range(2):
+        out = run_plugin(plugin_dir / "bandwidth", "DEL", conf, netns=att.ns.path, container_id=att.rt.container_id)
+        assert out.returncode == 0, out.stdout
+        assert not {"tbf", "ingress"} & qdisc_kinds(host_veth) and ifb not in links()
+    network.detach(att)
+
+
+def test_gc_collects_only_leaked_ifbs_of_its_network(make_network: Any, make_netns: Any) -> None:
+    network, other = make_network([BANDWIDTH]), make_network([BANDWIDTH])
+    keep = network.attach(make_netns(), {"bandwidth": LIMITS})
+    leaked = network.attach(make_netns(), {"bandwidth": LIMITS})
+    elsewhere = other.attach(make_netns(), {"bandwidth": LIMITS})
+    keep_ifb, leaked_ifb, elsewhere_ifb = (ifb_name(a.net.name, a.rt.container_id, "eth0") for a in (keep, leaked, elsewhere))
+    out = network.gc_plugin("bandwidth", [keep])
+    assert out.returncode == 0, out.stdout
+    assert leaked_ifb not in links()
+    assert keep_ifb in links() and elsewhere_ifb in links()
+    network.check(keep)
+    other.check(elsewhere)
+
+
+def test_prev_result_without_container_interface(plugin_dir: Any, netns: NetNS) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "cni0"}], "ips": [{"address": "10.99.0.2/24", "interface": 0}]}
+    conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **LIMITS}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7, out.stdout
+    assert 'no container interface "eth0"' in out.json["msg"] and "cni0" in out.json["details"]
+    no_prev = {k: v for k, v in conf.items() if k != "prevResult"}
+    out = run_plugin(plugin_dir / "bandwidth", "ADD", no_prev, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and "chained plugin" in out.json["msg"], out.stdout

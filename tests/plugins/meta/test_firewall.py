@@ -67,3 +67,34 @@ def test_forwarding_through_a_dropping_host(main: str, host: NetNS, make_network
     assert reaches(a, with_fw.gateway)
     with_fw.detach(att_a)
     without.detach(att_c)
+
+
+def test_gc_collects_only_leaked_entries_of_its_network(host: NetNS, make_network: Any, make_netns: Any) -> None:
+    network = make_network([firewall("isolated")], host=host)
+    other = make_network([firewall("isolated")], host=host)
+    keep, leaked = network.attach(make_netns()), network.attach(make_netns())
+    elsewhere = other.attach(make_netns())
+    ruleset = host.run("nft", "list", "ruleset").stdout
+    assert all(att.rt.container_id in ruleset for att in (keep, leaked, elsewhere))
+    out = network.gc_plugin("firewall", [keep])
+    assert out.returncode == 0, out.stdout
+    ruleset = host.run("nft", "list", "ruleset").stdout
+    assert leaked.rt.container_id not in ruleset and leaked.address() not in ruleset
+    assert keep.rt.container_id in ruleset and elsewhere.rt.container_id in ruleset
+    assert network.bridge in ruleset  # the network still has a container: its policy stays
+    network.check(keep)
+    other.check(elsewhere)
+    assert reaches(keep.ns, network.gateway)
+    # Nothing valid: the network's entries and its bridge policy go.
+    out = network.gc_plugin("firewall", [])
+    assert out.returncode == 0, out.stdout
+    ruleset = host.run("nft", "list", "ruleset").stdout
+    assert keep.rt.container_id not in ruleset and network.bridge not in ruleset and other.bridge in ruleset
+
+
+def test_del_with_an_unreadable_configuration_still_removes(host: NetNS, make_network: Any, make_netns: Any) -> None:
+    network = make_network([firewall("isolated")], host=host)
+    att = network.attach(make_netns())
+    network.conf["plugins"][1]["ingressPolicy"] = "no-such-policy"
+    network.detach(att)
+    assert att.rt.container_id not in host.run("nft", "list", "ruleset").stdout

@@ -162,3 +162,29 @@ def test_our_loopback_then_reference_tuning(plugin_dir: Path, tmp_path: Path, ne
     cni.check_network_list(net, rt)
     cni.del_network_list(net, rt)
     assert link(netns, "lo")["mtu"] == 65536
+
+
+def test_gc_collects_only_leaked_records_of_its_network(make_network: Any, make_netns: Any, tmp_path: Path) -> None:
+    data_dir = tmp_path / "tuning-gc"
+    tuning = {"type": "tuning", "dataDir": str(data_dir), "mtu": 1400}
+    network, other = make_network([tuning]), make_network([tuning])
+    keep = network.attach(make_netns())
+    leaked = network.attach(make_netns())
+    other_att = other.attach(make_netns())
+    # A record the reference plugin wrote (no network in it) is not ours to judge.
+    (data_dir / "refcontainer_eth0.json").write_text(json.dumps({"mtu": 1500}))
+    kept, gone, elsewhere = (data_dir / f"{a.rt.container_id}_eth0.json" for a in (keep, leaked, other_att))
+    assert kept.exists() and gone.exists() and elsewhere.exists()
+    out = network.gc_plugin("tuning", [keep])
+    assert out.returncode == 0, out.stdout
+    assert not gone.exists()
+    assert kept.exists() and elsewhere.exists() and (data_dir / "refcontainer_eth0.json").exists()
+    network.check(keep)
+
+
+def test_missing_container_interface_is_a_clear_error(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "tuning", "dataDir": str(tmp_path), "mtu": 1400, "prevResult": prev}
+    out = run_plugin(plugin_dir / "tuning", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and "container interface eth0 not found" in out.json["msg"]
+    assert list(tmp_path.iterdir()) == []

@@ -210,6 +210,12 @@ def add(conf: PortMapConf, network: str, container_id: str, ifname: str, address
     families = [f for f in sorted(addresses) if conf.mappings_for(f)]
     conflicts: list[str] = []
     for family in families:
+        if conf.external_set_mark_chain and not _chain_exists(family, conf.external_set_mark_chain):
+            raise CNIError(
+                Code.INVALID_NETWORK_CONFIG,
+                f'externalSetMarkChain "{conf.external_set_mark_chain}" does not exist in the IPv{family} nat table',
+                "it names a chain another component (kube-proxy: KUBE-MARK-MASQ) creates; nothing was changed",
+            )
         conflicts += _conflicts(conf, family, _save(family), chain)
     if conflicts:
         raise CNIError(

@@ -1,39 +1,53 @@
-"""portmap's nftables backend: a fixed rule set, with one map element per port mapping.
+"""portmap's nftables backend: fixed chains, and elements in sets and maps for the containers.
 
-Layout, per address family (table `ip cni_hostport` / `ip6 cni_hostport`, the
-reference's table and chain names):
+Layout, per address family (table `ip cni_hostport` / `ip6 cni_hostport`):
 
-    prerouting, output (nat):  fib daddr type local jump hostip_hostports, then hostports
-    hostip_hostports:          ip daddr . meta l4proto . th dport vmap @hostip_networks
-    hostports:                 meta l4proto . th dport vmap @hostport_networks
-    net_<hash>_hostip/_hostports  (one pair per network: its conditions and SNAT policy)
-                               [mark for masquerade] dnat to <key> map @hostip_targets / @hostport_targets
+    prerouting, output (nat):   [hairpin marks] fib daddr type local jump hostip_hostports, then hostports
+    hostip_hostports:           ip daddr . meta l4proto . th dport @<net>_hostip_keys goto <net>_hostip
+    hostports:                  meta l4proto . th dport @<net>_hostports_keys goto <net>_hostports
+                                (one rule per network)
+    <net>_hostip, _hostports:   [conditions] [mark for masquerade] dnat to <key> map @hostip_targets / @hostport_targets
     masquerading (postrouting): meta mark & 0x2000 == 0x2000 masquerade
 
-A container's mapping is three elements, each commented with the attachment's
-owner tag: the claim (`*_networks`, key -> goto its network's chain), the target
-(`*_targets`, key -> container address . port) and, when SNAT applies, a hairpin
-element (`*_hairpins`, host interface . key: a source routed through the interface
-the container sits behind is masqueraded, so the reply comes back through the host).
+`<net>` is `net_<hash of the network>_<hash of its policy>` (snat, masqAll and the
+family's conditions): an ADD under a changed configuration gets chains of its own,
+and containers keep the policy they were added with.
 
-So an ADD or DEL is one transaction of a constant number of commands whatever the
-number of containers, the packet path is hash lookups, and a host port can have
-one owner only: the claim is created with `create element`, which fails the whole
-transaction when the key exists. The reference's nftables backend has a rule per
-mapping and no conflict detection; its `markMasqBit` is ignored there, as here.
+A container's mapping is three elements, each commented with the attachment's owner
+tag: the target (`*_targets`, key -> container address . port), which is also the
+claim on the host port (`create element` fails the whole transaction when the key is
+taken: a host port has one owner), the membership of the key in its network's set,
+and, when SNAT applies, a hairpin element (`*_hairpins`, host interface . key: a
+source routed through the interface the container sits behind is masqueraded, so the
+reply comes back through the host).
+
+No element holds a verdict: the kernel re-validates every jump and goto of a table
+whenever a verdict element is added, which made each ADD cost more as containers
+accumulated. An ADD is one transaction of the container's elements, declaring the
+fixed objects and its network's only when they are missing (asked by name first: a
+failed transaction costs the kernel an RCU grace period); DEL deletes the elements its
+record lists (`_portmap_records`), after looking each up by key to check it is still
+this attachment's; CHECK looks its elements up the same way. None of them lists the
+table (libnftables would fetch every element to do so), so their cost does not depend
+on the number of containers on the host: `bench/portmap_scaling.py` measures it.
+The reference's nftables backend has a rule per mapping and no conflict detection;
+its `markMasqBit` is ignored there, as here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import json
 import logging
+import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.net import netlink, nft
+from pycni.plugins.meta import _portmap_records as records
 from pycni.plugins.meta._portmap_conf import PortMapConf, PortMapping
+from pycni.plugins.meta._portmap_records import Entry, Record
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPInterface
 
@@ -42,16 +56,12 @@ log = logging.getLogger("pycni.plugin.portmap")
 TABLE = "cni_hostport"
 MARK = 1 << 13
 FAMILIES = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
-# Objects that hold per-container elements, by mapping kind.
-CLAIMS = {"hostip": "hostip_networks", "hostports": "hostport_networks"}
+KINDS = ("hostip", "hostports")
 TARGETS = {"hostip": "hostip_targets", "hostports": "hostport_targets"}
 HAIRPINS = {"hostip": "hostip_hairpins", "hostports": "hostport_hairpins"}
-ELEMENT_OBJECTS = (*CLAIMS.values(), *TARGETS.values(), *HAIRPINS.values())
+DISPATCH = {"hostip": "hostip_hostports", "hostports": "hostports"}
+BASE_RULES = {"prerouting": 4, "output": 2, "masquerading": 1}
 _FORBIDDEN_IN_CONDITIONS = (";", "\n", "\r", "#")
-
-
-def network_chain(network: str, kind: str) -> str:
-    return f"net_{hashlib.sha256(network.encode()).hexdigest()[:16]}_{kind}"
 
 
 def kind_of(mapping: PortMapping) -> str:
@@ -68,17 +78,37 @@ def _key_match(fam: str, kind: str) -> str:
     return f"{fam} daddr . {base}" if kind == "hostip" else base
 
 
-# -- the fixed rule set -------------------------------------------------------------
+NETWORK_OBJECT = "net_"
 
 
-def skeleton(family: int) -> list[str]:
-    """Commands that create (or repair) the table's fixed objects; idempotent."""
+def network_prefix(network: str) -> str:
+    return f"{NETWORK_OBJECT}{hashlib.sha256(network.encode()).hexdigest()[:12]}_"
+
+
+def network_id(conf: PortMapConf, family: int, network: str) -> str:
+    """The network's chains and sets under this configuration (its SNAT policy and conditions)."""
+    policy = json.dumps([conf.snat, conf.masq_all, conf.conditions.get(family, [])])
+    return network_prefix(network) + hashlib.sha256(policy.encode()).hexdigest()[:8]
+
+
+def network_chain(netid: str, kind: str) -> str:
+    return f"{netid}_{kind}"
+
+
+def member_set(netid: str, kind: str) -> str:
+    return f"{netid}_{kind}_keys"
+
+
+# -- declarations (only when missing) ------------------------------------------------------
+
+
+def fixed_objects(family: int) -> list[str]:
+    """Create the table's fixed objects, and (re)write the base chains' rules; idempotent.
+    The dispatch chains are created, never flushed: they hold the networks' rules."""
     fam, addr = FAMILIES[family]
     t = f"{fam} {TABLE}"
     cmds = [
         f"add table {t}",
-        f"add map {t} hostip_networks {{ type {addr} . inet_proto . inet_service : verdict; }}",
-        f"add map {t} hostport_networks {{ type inet_proto . inet_service : verdict; }}",
         f"add map {t} hostip_targets {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; }}",
         f"add map {t} hostport_targets {{ type inet_proto . inet_service : {addr} . inet_service; }}",
         f"add set {t} hostip_hairpins {{ type iface_index . {addr} . inet_proto . inet_service; }}",
@@ -89,14 +119,9 @@ def skeleton(family: int) -> list[str]:
         f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
         f"add chain {t} masquerading {{ type nat hook postrouting priority 100; policy accept; }}",
     ]
-    for chain in ("hostip_hostports", "hostports", "prerouting", "output", "masquerading"):
-        cmds.append(f"flush chain {t} {chain}")
-    cmds += [
-        f"add rule {t} hostip_hostports {_key_match(fam, 'hostip')} vmap @hostip_networks",
-        f"add rule {t} hostports {_key_match(fam, 'hostports')} vmap @hostport_networks",
-    ]
+    cmds += [f"flush chain {t} {chain}" for chain in BASE_RULES]
     mark = f"meta mark set meta mark | {MARK:#x}"
-    for kind in ("hostip", "hostports"):
+    for kind in KINDS:
         # Hairpin and same-link sources (arriving from behind the interface the container
         # sits behind) are masqueraded, or the container's reply would bypass the host.
         # `fib saddr oif` rather than `iif`: with br_netfilter the input is the bridge port.
@@ -123,116 +148,187 @@ def _conditions_text(conf: PortMapConf, family: int) -> str:
     return " ".join(conditions)
 
 
-def network_chains(conf: PortMapConf, family: int, network: str) -> list[str]:
-    """The network's two chains: its conditions, its SNAT policy, then the DNAT lookup."""
-    fam, _ = FAMILIES[family]
+def network_objects(conf: PortMapConf, family: int, network: str, netid: str, kind: str, dispatch: bool) -> list[str]:
+    """The network's set and chain for one kind of mapping: its conditions, its SNAT policy,
+    then the DNAT lookup; and, when `dispatch`, the rule that sends its keys there."""
+    fam, addr = FAMILIES[family]
     t = f"{fam} {TABLE}"
     cond = _conditions_text(conf, family)
     prefix = f"{cond} " if cond else ""
     mark = f"meta mark set meta mark | {MARK:#x}"
-    cmds: list[str] = []
-    for kind in ("hostip", "hostports"):
-        chain = network_chain(network, kind)
-        key = _key_match(fam, kind)
-        cmds += [f'add chain {t} {chain} {{ comment "network {network[:100]}"; }}', f"flush chain {t} {chain}"]
-        if conf.snat and conf.masq_all:
-            cmds.append(f"add rule {t} {chain} {prefix}{mark}")
-        elif conf.snat and family == 4:
-            # From the host's loopback: only routable to the container once masqueraded.
-            cmds.append(f"add rule {t} {chain} {prefix}ip saddr 127.0.0.0/8 {mark}")
-        cmds.append(f"add rule {t} {chain} {prefix}dnat {fam} to {key} map @{TARGETS[kind]}")
+    chain, keys, match = network_chain(netid, kind), member_set(netid, kind), _key_match(fam, kind)
+    key_type = f"{addr} . inet_proto . inet_service" if kind == "hostip" else "inet_proto . inet_service"
+    cmds = [
+        f"add set {t} {keys} {{ type {key_type}; }}",
+        f'add chain {t} {chain} {{ comment "network {network[:100]}"; }}',
+        f"flush chain {t} {chain}",
+    ]
+    if conf.snat and conf.masq_all:
+        cmds.append(f"add rule {t} {chain} {prefix}{mark}")
+    elif conf.snat and family == 4:
+        # From the host's loopback: only routable to the container once masqueraded.
+        cmds.append(f"add rule {t} {chain} {prefix}ip saddr 127.0.0.0/8 {mark}")
+    cmds.append(f"add rule {t} {chain} {prefix}dnat {fam} to {match} map @{TARGETS[kind]}")
+    if dispatch:
+        cmds.append(f"add rule {t} {DISPATCH[kind]} {match} @{keys} goto {chain}")
     return cmds
 
 
-def element_commands(
-    conf: PortMapConf, family: int, network: str, tag: str, address: IPInterface, host_ifindex: int | None
-) -> list[str]:
-    fam, _ = FAMILIES[family]
-    t = f"{fam} {TABLE}"
-    cmds: list[str] = []
-    for mapping in conf.mappings_for(family):
-        kind = kind_of(mapping)
-        key = _key_text(mapping)
-        comment = f'comment "{tag}"'
-        cmds.append(f"create element {t} {CLAIMS[kind]} {{ {key} {comment} : goto {network_chain(network, kind)} }}")
-        cmds.append(f"add element {t} {TARGETS[kind]} {{ {key} {comment} : {address.ip} . {mapping.container_port} }}")
-        if conf.snat and not conf.masq_all and host_ifindex is not None:
-            cmds.append(f"add element {t} {HAIRPINS[kind]} {{ {host_ifindex} . {key} {comment} }}")
+# -- what one attachment adds ---------------------------------------------------------------
+
+
+def plan(conf: PortMapConf, network: str, addresses: dict[int, IPInterface], host_ifindex: dict[int, int | None]) -> list[Entry]:
+    """The elements of every mapping of every family the container has."""
+    entries: list[Entry] = []
+    for family, address in sorted(addresses.items()):
+        netid = network_id(conf, family, network)
+        for mapping in conf.mappings_for(family):
+            kind, key = kind_of(mapping), _key_text(mapping)
+            entries.append(Entry(family, TARGETS[kind], key, f"{address.ip} . {mapping.container_port}"))
+            entries.append(Entry(family, member_set(netid, kind), key))
+            ifindex = host_ifindex.get(family)
+            if conf.snat and not conf.masq_all and ifindex is not None:
+                entries.append(Entry(family, HAIRPINS[kind], f"{ifindex} . {key}"))
+    return entries
+
+
+def _is_target(entry: Entry) -> bool:
+    return entry.obj in TARGETS.values()
+
+
+def _add_commands(entries: Iterable[Entry], tag: str) -> list[str]:
+    cmds = []
+    for e in entries:
+        fam, _ = FAMILIES[e.family]
+        verb = "create" if _is_target(e) else "add"  # the target claims the host port: it must be new
+        data = f" : {e.data}" if e.data is not None else ""
+        cmds.append(f'{verb} element {fam} {TABLE} {e.obj} {{ {e.key} comment "{tag}"{data} }}')
     return cmds
 
 
-# -- reading what is there ------------------------------------------------------------
+def _delete_commands(entries: Iterable[Entry]) -> list[str]:
+    return [f"delete element {FAMILIES[e.family][0]} {TABLE} {e.obj} {{ {e.key} }}" for e in entries]
+
+
+# -- looking elements up (by key, in the kernel: no listing) -----------------------------------
+
+
+def _key_bytes(text: str) -> bytes:
+    """An entry's key or data (nft syntax: `[ifindex .] [address .] proto . port`, `address . port`)
+    as the kernel stores it."""
+    parts = text.split(" . ")
+    fields = []
+    for position, part in enumerate(parts):
+        if part in nft.PROTOCOL_NUMBERS:
+            fields.append(nft.key_field(part, "proto"))
+        elif position == len(parts) - 1:
+            fields.append(nft.key_field(int(part), "port"))
+        elif position == 0 and part.isdigit():
+            fields.append(nft.key_field(int(part), "ifindex"))
+        else:
+            fields.append(nft.key_field(part, "addr"))
+    return nft.concat(*fields)
+
+
+def _lookup(entries: Iterable[Entry]) -> dict[Entry, nft.Element | None]:
+    """Each entry's element as the kernel has it (None: absent)."""
+    return {e: nft.lookup(FAMILIES[e.family][0], TABLE, e.obj, _key_bytes(e.key)) for e in entries}
+
+
+def _owned(entries: Iterable[Entry], tag: str) -> list[Entry]:
+    """The entries that exist and carry `tag`."""
+    return [e for e, el in _lookup(entries).items() if el is not None and el.comment == tag]
+
+
+def _delete_owned(entries: list[Entry], tag: str, what: str) -> None:
+    """Delete this attachment's entries that are still there and still its own, in one transaction."""
+    nft.run_text("\n".join(_delete_commands(_owned(entries, tag))), what)
+
+
+# -- the table's structure (listed without elements) ----------------------------------------
 
 
 @dataclass
-class Element:
-    family: int
-    obj: str  # set or map name
-    key: Any  # the JSON value nft lists (a concat list)
-    comment: str
-    data: Any = None
+class Structure:
+    chains: dict[str, int] = field(default_factory=dict)  # name -> number of rules
+    sets: set[str] = field(default_factory=set)
+    dispatch: dict[str, int] = field(default_factory=dict)  # network chain -> handle of the rule going there
 
-    def key_parts(self) -> list[Any]:
-        if isinstance(self.key, dict) and "concat" in self.key:
-            return list(self.key["concat"])
-        return [self.key]
-
-
-def _elements_of(family: int, obj: dict[str, Any]) -> Iterable[Element]:
-    for item in obj.get("elem", []) or []:
-        data = None
-        if isinstance(item, list) and len(item) == 2:
-            item, data = item
-        comment = ""
-        if isinstance(item, dict) and "elem" in item:
-            comment = item["elem"].get("comment", "")
-            item = item["elem"].get("val")
-        yield Element(family, obj["name"], item, comment, data)
+    def missing_fixed(self) -> list[str]:
+        wanted_sets = [*TARGETS.values(), *HAIRPINS.values()]
+        missing = [s for s in wanted_sets if s not in self.sets]
+        missing += [c for c in DISPATCH.values() if c not in self.chains]
+        missing += [f"{c} rules" for c, n in BASE_RULES.items() if self.chains.get(c) != n]
+        return missing
 
 
-def list_elements(family: int) -> tuple[list[Element], set[str]]:
-    """Every per-container element of the family's table, and the table's chain names."""
+def structure(family: int) -> Structure:
     fam, _ = FAMILIES[family]
-    elements: list[Element] = []
-    chains: set[str] = set()
-    for item in nft.list_objects(f"table {fam} {TABLE}"):
-        if "chain" in item:
-            chains.add(item["chain"]["name"])
-        for kind in ("map", "set"):
+    found = Structure()
+    for item in nft.list_ruleset(fam):
+        for kind in ("set", "map"):
             obj = item.get(kind)
-            if obj is not None and obj.get("name") in ELEMENT_OBJECTS:
-                elements.extend(_elements_of(family, obj))
-    return elements, chains
+            if obj is not None and obj.get("table") == TABLE:
+                found.sets.add(obj["name"])
+        chain = item.get("chain")
+        if chain is not None and chain.get("table") == TABLE:
+            found.chains.setdefault(chain["name"], 0)
+        rule = item.get("rule")
+        if rule is not None and rule.get("table") == TABLE:
+            found.chains[rule["chain"]] = found.chains.get(rule["chain"], 0) + 1
+            if rule["chain"] in DISPATCH.values():
+                for expr in rule.get("expr", []):
+                    target = (expr.get("goto") or {}).get("target")
+                    if target:
+                        found.dispatch[target] = int(rule["handle"])
+    return found
 
 
-def delete_commands(elements: Iterable[Element]) -> list[dict[str, Any]]:
-    cmds = []
-    for el in elements:
-        fam, _ = FAMILIES[el.family]
-        cmds.append({"delete": {"element": {"family": fam, "table": TABLE, "name": el.obj, "elem": [el.key]}}})
+def _declarations(conf: PortMapConf, network: str, entries: list[Entry]) -> list[str]:
+    """The fixed objects and the network's, for the families and kinds `entries` use, where missing."""
+    cmds: list[str] = []
+    for family in sorted({e.family for e in entries}):
+        found = structure(family)
+        if found.missing_fixed():
+            log.info("declaring table %s %s (missing: %s)", FAMILIES[family][0], TABLE, ", ".join(found.missing_fixed()))
+            cmds += fixed_objects(family)
+        netid = network_id(conf, family, network)
+        for kind in KINDS:
+            if member_set(netid, kind) not in {e.obj for e in entries if e.family == family}:
+                continue
+            chain = network_chain(netid, kind)
+            if chain in found.dispatch and member_set(netid, kind) in found.sets:
+                continue
+            cmds += network_objects(conf, family, network, netid, kind, dispatch=chain not in found.dispatch)
     return cmds
 
 
-def _same_key(el: Element, family: int, mapping: PortMapping) -> bool:
-    """Does the element belong to `mapping`'s key (claims, targets: the key; hairpins: iif . key)?"""
-    parts = el.key_parts()
-    if el.obj in HAIRPINS.values():
-        parts = parts[1:]
-    want: list[Any] = [mapping.protocol, mapping.host_port]
-    if mapping.specific_host_ip is not None:
-        want.insert(0, mapping.specific_host_ip)
-    if len(parts) != len(want) or el.obj not in (CLAIMS[kind_of(mapping)], TARGETS[kind_of(mapping)], HAIRPINS[kind_of(mapping)]):
-        return False
-    for got, expected in zip(parts, want, strict=True):
-        if isinstance(expected, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            try:
-                if ipaddress.ip_address(str(got)) != expected:
-                    return False
-            except ValueError:
-                return False
-        elif str(got) != str(expected):
-            return False
-    return True
+def remove_networks(network: str, keep: set[str] | None = None) -> None:
+    """Delete the network's chains, sets and dispatch rules (those of every policy it had),
+    except the network ids in `keep`. Sets still holding elements are refused by the kernel
+    only if referenced, so callers remove a network once it has no attachment left."""
+    prefix = network_prefix(network)
+    for family, (fam, _) in FAMILIES.items():
+        found = structure(family)
+        netids = {c.rsplit("_", 1)[0] for c in found.chains if c.startswith(prefix)}
+        netids |= {s.rsplit("_", 2)[0] for s in found.sets if s.startswith(prefix)}
+        netids -= keep or set()
+        if not netids:
+            continue
+        cmds = []
+        for netid in sorted(netids):
+            for kind in KINDS:
+                chain = network_chain(netid, kind)
+                if chain in found.dispatch:
+                    cmds.append(f"delete rule {fam} {TABLE} {DISPATCH[kind]} handle {found.dispatch[chain]}")
+                if chain in found.chains:
+                    cmds.append(f"delete chain {fam} {TABLE} {chain}")
+                if member_set(netid, kind) in found.sets:
+                    cmds.append(f"delete set {fam} {TABLE} {member_set(netid, kind)}")
+        try:
+            nft.run_text("\n".join(cmds), "portmap: remove a network's chains")
+        except nft.NftError as err:
+            log.warning("could not remove the chains of network %s: %s", network, err.error.strip())
 
 
 # -- host interface toward the container -----------------------------------------------
@@ -243,13 +339,10 @@ def host_interface(address: IPInterface) -> tuple[int, str] | None:
     try:
         with netlink.route(None) as ipr:
             routes = ipr.route("get", dst=str(address.ip))
-            if not routes:
-                return None
-            oif = routes[0].get_attr("RTA_OIF")
-            if oif is None:
-                return None
-            links = ipr.get_links(oif)
-            return int(oif), str(links[0].get_attr("IFLA_IFNAME"))
+            oif = routes[0].get_attr("RTA_OIF") if routes else None
+        if oif is None:
+            return None
+        return int(oif), socket.if_indextoname(int(oif))
     except Exception as exc:  # noqa: BLE001 - no route: no hairpin element, as the reference does
         log.info("no host route to %s: %s", address.ip, exc)
         return None
@@ -260,124 +353,162 @@ def host_interface(address: IPInterface) -> tuple[int, str] | None:
 
 def _transaction_error(err: nft.NftError, conf: PortMapConf) -> CNIError:
     text = err.error.strip()
-    if any(conf.conditions.values()) and "syntax error" in text:
-        return CNIError(Code.INVALID_NETWORK_CONFIG, "conditionsV4/conditionsV6 are not valid nftables matches", text)
+    # The kernel's refusals read "Could not process rule"; anything else is nft failing to parse
+    # or evaluate the script, whose only part not written by this module is the conditions.
+    keys = [key for family, key in ((4, "conditionsV4"), (6, "conditionsV6")) if conf.conditions.get(family)]
+    if keys and "Could not process rule" not in text:
+        given = "; ".join(f"{key}: {' '.join(conf.conditions[4 if key.endswith('4') else 6])!r}" for key in keys)
+        return CNIError(Code.INVALID_NETWORK_CONFIG, f"{' or '.join(keys)} are not valid nftables matches ({given})", text)
     return CNIError(Code.KERNEL, "unable to set up nftables rules for port mappings", text)
 
 
 def add(
-    conf: PortMapConf, network: str, tag: str, addresses: dict[int, IPInterface], host_ifindex: dict[int, int | None]
+    conf: PortMapConf,
+    network: str,
+    container_id: str,
+    ifname: str,
+    tag: str,
+    addresses: dict[int, IPInterface],
+    host_ifindex: dict[int, int | None],
 ) -> None:
     """Apply every mapping for every family in one transaction; on a conflict, apply nothing."""
-    text: list[str] = []
-    for family, address in sorted(addresses.items()):
-        if not conf.mappings_for(family):
-            continue
-        text += skeleton(family)
-        text += network_chains(conf, family, network)
-        text += element_commands(conf, family, network, tag, address, host_ifindex.get(family))
-    if not text:
+    entries = plan(conf, network, addresses, host_ifindex)
+    if not entries:
         return
+    previous = records.read(network, container_id, ifname)
+    # Written first: a DEL after a crash here still finds what may have been added.
+    records.write(Record(network, container_id, ifname, tag, entries))
     try:
-        nft.run_text("\n".join(text), "portmap ADD")
-        return
-    except nft.NftError as err:
-        if "File exists" not in err.error:
-            raise _transaction_error(err, conf) from None
-    # A key is taken. Ours (a repeated ADD) or orphaned: replace it; another attachment's: refuse.
-    stale: list[Element] = []
-    conflicts: list[str] = []
-    for family in addresses:
-        elements, _ = list_elements(family)
-        for mapping in conf.mappings_for(family):
-            related = [el for el in elements if _same_key(el, family, mapping)]
-            owners = {el.comment for el in related if el.obj in CLAIMS.values() and el.comment != tag}
-            if owners:
-                conflicts.append(f"{mapping.describe()} (IPv{family}) is already mapped by {', '.join(sorted(owners))}")
-            stale += related
+        # The network's sets exist, so do its chains and the table (a set in use cannot be
+        # deleted): only the elements are needed. A failed transaction costs an RCU grace
+        # period in the kernel, so this is asked first rather than tried.
+        members = {(FAMILIES[e.family][0], e.obj) for e in entries if e.obj.startswith(NETWORK_OBJECT)}
+        if previous is None and all(nft.set_exists(fam, TABLE, obj) for fam, obj in members):
+            try:
+                nft.run_text("\n".join(_add_commands(entries, tag)), "portmap ADD")
+                return
+            except nft.NftError as err:
+                log.info("portmap ADD: %s; looking at the table", err.error.strip().splitlines()[0])
+        _add_slowly(conf, network, tag, entries, previous.entries if previous else [])
+    except BaseException:
+        if previous is not None:
+            records.write(previous)
+        else:
+            records.remove(network, container_id, ifname)
+        raise
+
+
+def _add_slowly(conf: PortMapConf, network: str, tag: str, entries: list[Entry], previous: list[Entry]) -> None:
+    """ADD when the quick transaction failed: declare what is missing, find who holds the
+    ports, replace this attachment's own old elements; still one transaction."""
+    holders = _lookup(e for e in entries if _is_target(e))
+    conflicts = [
+        f"{_describe(e)} is already mapped by {el.comment}" for e, el in holders.items() if el is not None and el.comment != tag
+    ]
     if conflicts:
         raise CNIError(
             Code.CONFLICT,
             f"host port conflict for {tag}: " + "; ".join(conflicts),
             "each host address, protocol and port can be mapped to one container only; nothing was changed",
         )
-    if stale:
-        nft.run(delete_commands(stale), "portmap ADD (replace this attachment's old entries)")
+    # A repeated ADD, or elements left by a record that was lost: ours to replace.
+    stale = _owned(list(dict.fromkeys([*previous, *entries])), tag)
+    cmds = _declarations(conf, network, entries) + _delete_commands(stale) + _add_commands(entries, tag)
     try:
-        nft.run_text("\n".join(text), "portmap ADD")
+        nft.run_text("\n".join(cmds), "portmap ADD")
     except nft.NftError as err:
         raise _transaction_error(err, conf) from None
 
 
-def _unused_network_chains(family: int, elements: list[Element], chains: set[str], leaving: set[str]) -> list[dict[str, Any]]:
-    """Delete commands for network chains no remaining claim points at (the last container left)."""
-    fam, _ = FAMILIES[family]
-    wanted = {
-        (el.data or {}).get("goto", {}).get("target")
-        for el in elements
-        if el.obj in CLAIMS.values() and el.comment not in leaving
-    }
-    unused = sorted(c for c in chains if c.startswith("net_") and c not in wanted)
-    return [{"delete": {"chain": {"family": fam, "table": TABLE, "name": c}}} for c in unused]
+def _describe(entry: Entry) -> str:
+    parts = entry.key.split(" . ")
+    where = parts[0] if len(parts) == 3 else "*"
+    return f"{parts[-2]}/{where}:{parts[-1]} (IPv{entry.family})"
 
 
-def delete(tags: set[str]) -> int:
-    """Remove every element labelled with one of `tags`, in both families, in one transaction,
-    and the chains of networks left without a container."""
-    cmds: list[dict[str, Any]] = []
-    count = 0
+def entries_of_mappings(conf: PortMapConf, network: str) -> list[Entry]:
+    """Without a record: the claims and network memberships `conf`'s mappings would have made."""
+    entries: list[Entry] = []
     for family in FAMILIES:
-        elements, chains = list_elements(family)
-        mine = [el for el in elements if el.comment in tags]
-        count += len(mine)
-        cmds += delete_commands(mine)
-        cmds += _unused_network_chains(family, elements, chains, tags)
-    nft.run(cmds, "portmap DEL")
-    return count
+        netid = network_id(conf, family, network)
+        for mapping in conf.mappings_for(family):
+            kind, key = kind_of(mapping), _key_text(mapping)
+            entries += [Entry(family, TARGETS[kind], key), Entry(family, member_set(netid, kind), key)]
+    return entries
 
 
-def check(conf: PortMapConf, network: str, tag: str, addresses: dict[int, IPInterface]) -> None:
+def delete(network: str, container_id: str, ifname: str, tag: str, given: list[Entry]) -> None:
+    """Remove this attachment's elements: those its record lists, or, without a record, the
+    ones the given mappings would have made (if they are still its own)."""
+    record = records.read(network, container_id, ifname)
+    entries = record.entries if record is not None else given
+    if entries:
+        _delete_owned(entries, tag, "portmap DEL")
+    if record is not None and records.remove(network, container_id, ifname):
+        remove_networks(network)  # its last attachment is gone
+
+
+def check(
+    conf: PortMapConf, network: str, tag: str, addresses: dict[int, IPInterface], host_ifindex: dict[int, int | None]
+) -> None:
     """Every mapping of every family the container has is in place, pointing at it."""
-    for family, address in sorted(addresses.items()):
-        mappings = conf.mappings_for(family)
-        if not mappings:
-            continue
+    entries = plan(conf, network, addresses, host_ifindex)
+    for family in sorted({e.family for e in entries}):
         fam, _ = FAMILIES[family]
-        elements, chains = list_elements(family)
-        missing_chains = {"prerouting", "output", "masquerading", "hostports", "hostip_hostports"} - chains
-        if missing_chains:
-            raise CNIError(Code.KERNEL, f"table {fam} {TABLE} lacks chains {', '.join(sorted(missing_chains))}")
-        for mapping in mappings:
-            kind = kind_of(mapping)
-            mine = [el for el in elements if el.comment == tag and _same_key(el, family, mapping)]
-            claim = [el for el in mine if el.obj == CLAIMS[kind]]
-            want_chain = network_chain(network, kind)
-            if not claim or (claim[0].data or {}).get("goto", {}).get("target") != want_chain:
-                raise CNIError(
-                    Code.KERNEL, f"port mapping {mapping.describe()} (IPv{family}) of {tag} is missing from {fam} {TABLE}"
-                )
-            if want_chain not in chains:
-                raise CNIError(Code.KERNEL, f"chain {want_chain} of network {network} is missing from {fam} {TABLE}")
-            target = [el for el in mine if el.obj == TARGETS[kind]]
-            expected = [str(address.ip), mapping.container_port]
-            got = (target[0].data or {}).get("concat") if target else None
-            if not got or ipaddress.ip_address(str(got[0])) != address.ip or int(got[1]) != mapping.container_port:
-                raise CNIError(
-                    Code.KERNEL,
-                    f"port mapping {mapping.describe()} (IPv{family}) of {tag} does not lead to {expected[0]}:{expected[1]}",
-                    f"found {got}",
-                )
+        found = structure(family)
+        if found.missing_fixed():
+            raise CNIError(Code.KERNEL, f"table {fam} {TABLE} lacks {', '.join(found.missing_fixed())}")
+        netid = network_id(conf, family, network)
+        for kind in KINDS:
+            chain = network_chain(netid, kind)
+            if any(e.obj == member_set(netid, kind) for e in entries) and chain not in found.dispatch:
+                raise CNIError(Code.KERNEL, f"the chain of network {network} ({chain}) is missing from {fam} {TABLE}")
+    for entry, element in _lookup(entries).items():
+        fam, _ = FAMILIES[entry.family]
+        if element is None or element.comment != tag:
+            owner = f" (it belongs to {element.comment})" if element is not None else ""
+            raise CNIError(
+                Code.KERNEL, f"port mapping {_describe(entry)} of {tag} is missing from {fam} {TABLE} {entry.obj}{owner}"
+            )
+        if entry.data is not None and element.data != _key_bytes(entry.data):
+            raise CNIError(
+                Code.KERNEL,
+                f"port mapping {_describe(entry)} of {tag} does not lead to {entry.data.replace(' . ', ':')}",
+                f"found {(element.data or b'').hex()}",
+            )
 
 
-def stale_tags(network: str, valid: set[str]) -> set[str]:
-    """Owner tags of this network's attachments that are not in `valid`."""
-    ours = {network_chain(network, kind) for kind in ("hostip", "hostports")}
-    stale: set[str] = set()
-    for family in FAMILIES:
-        elements, _ = list_elements(family)
-        stale |= {
-            el.comment
-            for el in elements
-            if el.obj in CLAIMS.values() and (el.data or {}).get("goto", {}).get("target") in ours and el.comment not in valid
-        }
-    return stale
+def gc(network: str, valid: set[str]) -> None:
+    """Remove the elements of this network's attachments that are not valid any more: those of
+    stale records, then any left without a record (found by their tags); then the network's
+    chains and sets no attachment uses."""
+    for record in records.all_of(network):
+        if record.tag not in valid:
+            _delete_owned(record.entries, record.tag, "portmap GC")
+            records.remove(network, record.container_id, record.ifname)
+    prefix = network_prefix(network)
+    # An owner tag starts with its network's name (cut to 60 characters when the tag is hashed).
+    own = {network, network[:60]}
+    shared = {*TARGETS.values(), *HAIRPINS.values()}
+    in_use = {e.obj.rsplit("_", 2)[0] for r in records.all_of(network) for e in r.entries if e.obj.startswith(prefix)}
+    for fam, _ in FAMILIES.values():
+        elements: list[tuple[str, Any, str]] = []  # (set, key, comment)
+        for item in nft.list_objects(f"table {fam} {TABLE}"):
+            obj = item.get("set") or item.get("map")
+            if obj is None or not (obj["name"] in shared or obj["name"].startswith(prefix)):
+                continue
+            for el in obj.get("elem", []) or []:
+                el = el[0] if isinstance(el, list) else el
+                if isinstance(el, dict) and "elem" in el:
+                    elements.append((obj["name"], el["elem"].get("val"), el["elem"].get("comment", "")))
+        stale = {c for _, _, c in elements if c and c not in valid and c.split(" ", 1)[0] in own}
+        cmds = [
+            {"delete": {"element": {"family": fam, "table": TABLE, "name": name, "elem": [key]}}}
+            for name, key, comment in elements
+            if comment in stale
+        ]
+        nft.run(cmds, "portmap GC")
+        in_use |= {name.rsplit("_", 2)[0] for name, _, c in elements if name.startswith(prefix) and c not in stale}
+    records.remove_leftovers(network)
+    records.remove_network_dir(network)
+    remove_networks(network, keep=in_use)

@@ -279,7 +279,11 @@ def check(call: CmdArgs) -> None:
 
 
 def delete(call: CmdArgs) -> None:
-    _conf(call)
+    try:
+        _conf(call)
+    except CNIError as err:
+        # DEL must not be blocked by a configuration that cannot be read: removal needs none of it.
+        log.warning("firewall DEL with an invalid configuration (%s): removing this attachment's entries", err)
     with _chained.host_lock(LOCK):
         _remove({_chained.call_tag(call)}, call.conf.name)
 

@@ -68,7 +68,7 @@ def add(call: CmdArgs) -> Result:
     else:
         indexes = _enable_localnet_routing(conf, addresses)
         with _chained.host_lock(LOCK):
-            nftb.add(conf, call.conf.name, _chained.call_tag(call), addresses, indexes)
+            nftb.add(conf, call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), addresses, indexes)
     _forget_udp_flows(conf, families)
     return prev
 
@@ -83,7 +83,8 @@ def check(call: CmdArgs) -> None:
     if conf.backend == "iptables":
         ipt.check(conf, call.conf.name, call.container_id, call.ifname, addresses)
     else:
-        nftb.check(conf, call.conf.name, _chained.call_tag(call), addresses)
+        indexes = {family: found[0] if (found := nftb.host_interface(a)) else None for family, a in addresses.items()}
+        nftb.check(conf, call.conf.name, _chained.call_tag(call), addresses, indexes)
 
 
 def delete(call: CmdArgs) -> None:
@@ -98,13 +99,14 @@ def delete(call: CmdArgs) -> None:
             ipt.delete(call.conf.name, call.container_id, call.ifname)
         return
     with _chained.host_lock(LOCK):
-        nftb.delete({_chained.call_tag(call)})
+        given = nftb.entries_of_mappings(conf, call.conf.name)
+        nftb.delete(call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), given)
 
 
 def gc(call: CmdArgs) -> None:
     backend = call.conf.fields.get_str("backend")
     with _chained.host_lock(LOCK):
-        nftb.delete(nftb.stale_tags(call.conf.name, _chained.valid_tags(call)))
+        nftb.gc(call.conf.name, _chained.valid_tags(call))
     if backend == "iptables":
         raw = call.conf.raw.get("cni.dev/valid-attachments") or []
         valid = {(a.get("containerID", ""), a.get("ifname", "")) for a in raw if isinstance(a, dict)}

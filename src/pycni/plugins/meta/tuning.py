@@ -148,7 +148,7 @@ def _read_record(path: str) -> dict[str, Any] | None:
 def _link(ipr: netlink.IPRoute, ifname: str) -> Any:
     found = ipr.link_lookup(ifname=ifname)
     if not found:
-        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"container interface {ifname} not found")
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"container interface {ifname} not found in the container namespace")
     return ipr.get_links(found[0])[0]
 
 
