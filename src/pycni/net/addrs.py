@@ -25,6 +25,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IFA_F_NOPREFIXROUTE = 0x200
+IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
 IFF_LOWER_UP = 0x10000
@@ -44,13 +45,16 @@ def list_addresses(ipr: IPRoute, index: int) -> list[IPInterface]:
     return out
 
 
-def add_address(ipr: IPRoute, index: int, address: IPInterface, link_name: str, noprefixroute: bool = False) -> bool:
+def add_address(
+    ipr: IPRoute, index: int, address: IPInterface, link_name: str, noprefixroute: bool = False, nodad: bool = False
+) -> bool:
     """Add an address; False when the link already had it."""
     extra: dict[str, Any] = {}
     if address.version == 4:
         extra["broadcast"] = str(address.network.broadcast_address) if address.network.prefixlen < 31 else None
-    if noprefixroute:
-        extra["flags"] = IFA_F_NOPREFIXROUTE
+    flags = (IFA_F_NOPREFIXROUTE if noprefixroute else 0) | (IFA_F_NODAD if nodad else 0)
+    if flags:
+        extra["flags"] = flags
     try:
         ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
     except Exception as exc:  # noqa: BLE001

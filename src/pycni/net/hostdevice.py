@@ -117,7 +117,7 @@ class DeviceState:
     mac: str
     up: bool
     alias: str = ""
-    addresses: list[dict[str, Any]] = field(default_factory=list)  # {"address": "192.0.2.9/24", "noprefixroute": false}
+    addresses: list[dict[str, Any]] = field(default_factory=list)  # {"address": "192.0.2.9/24", "nodad": true, ...}
     routes: list[dict[str, Any]] = field(default_factory=list)  # {"dst", "gw", "priority", "table", "scope"}
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +148,11 @@ def record(ipr: IPRoute, name: str) -> DeviceState:
             continue  # link-local and SLAAC addresses come back by themselves
         local = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
         state.addresses.append(
-            {"address": f"{local}/{addr['prefixlen']}", "noprefixroute": bool(flags & addrs.IFA_F_NOPREFIXROUTE)}
+            {
+                "address": f"{local}/{addr['prefixlen']}",
+                "noprefixroute": bool(flags & addrs.IFA_F_NOPREFIXROUTE),
+                "nodad": bool(flags & addrs.IFA_F_NODAD),
+            }
         )
     for family in (socket.AF_INET, socket.AF_INET6):
         for route in ipr.get_routes(family=family, oif=index):
@@ -209,7 +213,8 @@ def restore(ipr: IPRoute, state: DeviceState) -> bool:
     _best_effort(what, partial(links.set_attrs, ipr, index, what, **changes))
     for item in state.addresses:
         address = ipaddress.ip_interface(item["address"])
-        _best_effort(what, partial(addrs.add_address, ipr, index, address, state.device, bool(item.get("noprefixroute"))))
+        flags = {"noprefixroute": bool(item.get("noprefixroute")), "nodad": bool(item.get("nodad"))}
+        _best_effort(what, partial(addrs.add_address, ipr, index, address, state.device, **flags))
     if state.up:
         _best_effort(what, partial(links.set_attrs, ipr, index, what, state="up"))
     for item in sorted(state.routes, key=lambda r: -int(r.get("scope", 0))):  # link routes before routes via gateways

@@ -22,7 +22,7 @@ from ...conftest import NetNS, delete_link, normalize_result, run_plugin, unique
 from . import kernel_state as ks
 from .underlay import IFNAME, Attach, assert_del_is_idempotent, comparable, link_state
 
-STATE_DIR = Path("/var/lib/cni/host-device")
+STATE_DIR = Path("/run/cni/host-device")
 CONF: dict[str, Any] = {"cniVersion": "1.0.0", "name": "pcthd", "type": "host-device", "device": "{master}"}
 
 
@@ -75,7 +75,11 @@ def host_view(device: str) -> dict[str, Any]:
         "mac": link.get("address"),
         "up": "UP" in link.get("flags", []),
         "alias": link.get("ifalias", ""),
-        "addresses": ks.addresses(link),
+        "addresses": sorted(
+            f"{a['local']}/{a['prefixlen']} {'nodad' if a.get('nodad') else ''}"
+            for a in link["addr_info"]
+            if a.get("scope") != "link"
+        ),
         "routes": routes,
     }
 

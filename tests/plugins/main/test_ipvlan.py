@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from pycni.plugins.main import ipvlan
+
 from ...conftest import NetNS, run_plugin
 from . import kernel_state as ks
 from .sides import subnet_pair
@@ -22,8 +24,10 @@ from .underlay import (
     assert_same_as_reference,
     conf_dual,
     conf_v4,
+    creation_request,
     kernel_has,
     link_state,
+    plugin_call,
     require_link_type,
     variant,
 )
@@ -72,6 +76,26 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(underlay_pair: Pair, temp
     out = ours.run("ADD", template)
     assert out.returncode == 1 and out.json["code"] == 7 and fragment in out.json["msg"], out.stdout
     assert IFNAME not in ours.names() and ours.allocations() == []
+
+
+@pytest.mark.parametrize(("mode", "value"), [("l2", 0), ("l3", 1), ("l3s", 2)])
+def test_the_ipvlan_is_described_as_the_reference_makes_it(mode: str, value: int, masters: Callable[..., str]) -> None:
+    """What this kernel cannot show: the link ADD asks for, down to the netlink attributes."""
+    master = masters()
+    call = plugin_call("ipvlan", variant(V4, master=master, mode=mode, mtu=1400, linkInContainer=False))
+    plan = ipvlan.plan(call)
+    link = plan.link
+    assert (link.name, link.ns, link.kind, link.parent, link.parent_in_ns, link.mtu) == (
+        IFNAME,
+        call.netns,
+        "ipvlan",
+        master,
+        False,
+        1400,
+    )
+    assert plan.ipam_type == "host-local" and len(plan.notify) == 2  # arp_notify, ndisc_notify
+    request = creation_request(link)
+    assert ("IFLA_INFO_DATA", {"attrs": [("IFLA_IPVLAN_MODE", value)]}) in request["IFLA_LINKINFO"]["attrs"]
 
 
 # -- where the kernel has ipvlan links ----------------------------------------------

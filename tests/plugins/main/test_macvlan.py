@@ -9,10 +9,13 @@ import json
 import secrets
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pycni import skel
 
 from ...conftest import UPLINK, WAN_ADDRESS, WAN_ADDRESS6, NetNS, delete_link, run_plugin, unique
 from . import kernel_state as ks
@@ -301,4 +304,32 @@ def test_add_to_a_missing_namespace_allocates_nothing(underlay_pair: Pair) -> No
     ours, _ = underlay_pair("macvlan")
     out = ours.run("ADD", V4, netns="/run/netns/pct-missing")
     assert out.returncode == 1 and out.json["code"] == 4 and "does not exist" in out.json["msg"], out.stdout
+    assert ours.allocations() == []
+
+
+def test_concurrent_calls_in_one_process(underlay_pair: Pair, make_netns: Callable[[], NetNS]) -> None:
+    """As in the resident agent: macvlans (with bcqueuelen) and taps added and deleted on threads of one process."""
+    ours, _ = underlay_pair("macvlan")
+    namespaces = [make_netns() for _ in range(6)]
+    confs = {"macvlan": ours.conf(variant(V4, bcqueuelen=2000)), "tap": {"cniVersion": "1.0.0", "name": "pcttap", "type": "tap"}}
+
+    def call(command: str, i: int) -> skel.Outcome:
+        plugin = "macvlan" if i % 2 else "tap"
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"pcttc{i}",
+            "CNI_NETNS": namespaces[i].path,
+            "CNI_IFNAME": IFNAME,
+            "CNI_PATH": str(ours.executable.parent),
+        }
+        return skel.dispatch(plugin, env, json.dumps(confs[plugin]).encode())
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        added = list(pool.map(lambda i: call("ADD", i), range(6)))
+        assert all(o.code == 0 for o in added), [o.stdout for o in added if o.code]
+        assert [link_state(ns)["kind"] for ns in namespaces] == ["tun", "macvlan"] * 3
+        assert len({o.result.ips[0].address for o in added[1::2] if o.result}) == 3
+        deleted = list(pool.map(lambda i: call("DEL", i), range(6)))
+        assert all(o.code == 0 for o in deleted), [o.stdout for o in deleted if o.code]
+    assert all(IFNAME not in {link["ifname"] for link in ns.ip_json("link")} for ns in namespaces)
     assert ours.allocations() == []

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from pycni.plugins.main import vlan
+
 from ...conftest import NetNS, unique
 from . import kernel_state as ks
 from .underlay import (
@@ -20,8 +22,10 @@ from .underlay import (
     assert_same_as_reference,
     conf_dual,
     conf_v4,
+    creation_request,
     kernel_has,
     link_state,
+    plugin_call,
     require_link_type,
     variant,
 )
@@ -64,6 +68,17 @@ def test_del_without_master_or_ipam_cleans_up_what_it_can(underlay_pair: Pair) -
     ours, _ = underlay_pair("vlan")
     for template in (variant(V4, master=""), variant(V4, ipam={})):
         assert ours.run("DEL", template).returncode == 0
+
+
+def test_the_vlan_is_described_as_the_reference_makes_it(masters: Callable[..., str]) -> None:
+    """What this kernel cannot show: the link ADD asks for, down to the netlink attributes."""
+    master = masters()
+    call = plugin_call("vlan", variant(DUAL, master=master))
+    plan = vlan.plan(call)
+    link = plan.link
+    assert (link.kind, link.parent, link.mtu, plan.mtu_checked, plan.notify) == ("vlan", master, 1400, True, ())
+    request = creation_request(link)
+    assert ("IFLA_INFO_DATA", {"attrs": [("IFLA_VLAN_ID", 4094)]}) in request["IFLA_LINKINFO"]["attrs"]
 
 
 # -- where the kernel has 802.1Q VLANs ----------------------------------------------

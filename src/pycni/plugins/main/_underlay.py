@@ -47,8 +47,7 @@ def commands(build: Callable[[CmdArgs], Plan]) -> tuple[Callable[[CmdArgs], Resu
     """A plugin's ADD, CHECK, DEL, GC and STATUS from the function that builds its plan."""
 
     def add_command(call: CmdArgs) -> Result:
-        plan = build(call)
-        return add(call, plan, plan.given)
+        return add(call, build(call))
 
     def check_command(call: CmdArgs) -> None:
         check(call, build(call))
@@ -137,9 +136,9 @@ def check_mtu(call: CmdArgs, mtu: int, master: str, in_container: bool) -> None:
 # -- ADD, CHECK, DEL ---------------------------------------------------------------
 
 
-def add(call: CmdArgs, plan: Plan, given: Result | None = None) -> Result:
-    """Create the interface, then allocate addresses (IPAM, or `given`: a chained prevResult's)
-    and configure them; a failure undoes all of it. The interface comes first, as with the
+def add(call: CmdArgs, plan: Plan) -> Result:
+    """Create the interface, then allocate addresses (IPAM, or the plan's `given`: a chained
+    prevResult's) and configure them; a failure undoes all of it. The interface comes first, as with the
     reference: a kernel without its link type fails before IPAM allocates anything. The
     result names the one interface (index 0)."""
     common.require_netns(call)
@@ -147,7 +146,7 @@ def add(call: CmdArgs, plan: Plan, given: Result | None = None) -> Result:
     attachment.apply(bare)
     try:
         with common.ipam_allocation(call, plan.ipam_type) as ipam_result:
-            source = ipam_result or given
+            source = ipam_result or plan.given
             result = Result(cni_version=call.cni_version)
             if source is not None:
                 result.ips = [IPConfig(ip.address, ip.gateway, interface=0) for ip in source.ips]

@@ -8,7 +8,7 @@ bound to a userspace (DPDK) driver has no interface: ADD returns an empty result
 does nothing. Moving drops an interface's addresses; the reference gives the device back
 down, without them, and with whatever MTU and MAC the container left. Here ADD records
 what the host had (MTU, MAC, up, alias, permanent addresses, static routes) in
-/var/lib/cni/host-device/<network>/, and DEL, a failed ADD and GC put all of it back.
+/run/cni/host-device/<network>/, and DEL, a failed ADD and GC put all of it back.
 DEL is idempotent (a missing namespace or interface is fine), and GC gives back the
 devices of attachments the runtime no longer knows.
 """
@@ -30,7 +30,7 @@ from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
 
 ABOUT = "CNI host-device plugin (pycni)"
-STATE_DIR = "/var/lib/cni/host-device"
+STATE_DIR = "/run/cni/host-device"  # records of lent devices mean nothing after a reboot
 
 
 @dataclass
