@@ -187,3 +187,33 @@ def test_a_link_netlink_cannot_make_has_a_maker(netns: NetNS) -> None:
     assert attachment.compare(att) == []
     attachment.remove(att)
     assert "tap0" not in names_in(netns)
+
+
+def test_links_applied_first_are_only_configured_later(netns: NetNS) -> None:
+    """The underlay plugins create the interface, then ask IPAM, then configure it: a link with
+    an index exists already and is not made again; a late failure leaves it to the caller."""
+    parent = unique("pctpar")
+    subprocess.run(["ip", "link", "add", parent, "type", "veth", "peer", "name", parent[:-1] + "q"], check=True)
+    try:
+        link = Link("net1", ns=netns.path, kind="macvlan", parent=parent, create={"macvlan_mode": "private"})
+        bare = Attachment(links=[link])
+        attachment.apply(bare)
+        assert link.index and "net1" in names_in(netns)
+        full = Attachment(links=[link], addresses=[Address(link, ipaddress.ip_interface("192.0.2.30/24"))])
+        full.routes.append(Route(ipaddress.ip_network("203.0.113.0/24"), gw=ipaddress.ip_address("192.0.9.1"), link=link))
+        with pytest.raises(CNIError):
+            attachment.apply(full)
+        assert "net1" in names_in(netns)  # the failed stage undid only its own steps
+        full.routes.clear()
+        attachment.apply(full)
+        assert attachment.compare(full) == []
+        subprocess.run(["ip", "-n", netns.name, "link", "set", "net1", "type", "macvlan", "mode", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", parent, "name", parent[:-1] + "r"], check=True)
+        problems = attachment.compare(full)
+        assert any("macvlan_mode is bridge, expected private" in p for p in problems)
+        assert any(f"parent link {parent} of net1" in p and "does not exist in the host" in p for p in problems)
+        attachment.remove(bare)
+        assert "net1" not in names_in(netns)
+    finally:
+        delete_link(parent)
+        delete_link(parent[:-1] + "r")

@@ -25,8 +25,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IFA_F_NOPREFIXROUTE = 0x200
+IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
+IFF_LOWER_UP = 0x10000
 RT_TABLE_MAIN = 254
 
 
@@ -43,13 +45,16 @@ def list_addresses(ipr: IPRoute, index: int) -> list[IPInterface]:
     return out
 
 
-def add_address(ipr: IPRoute, index: int, address: IPInterface, link_name: str, noprefixroute: bool = False) -> bool:
+def add_address(
+    ipr: IPRoute, index: int, address: IPInterface, link_name: str, noprefixroute: bool = False, nodad: bool = False
+) -> bool:
     """Add an address; False when the link already had it."""
     extra: dict[str, Any] = {}
     if address.version == 4:
         extra["broadcast"] = str(address.network.broadcast_address) if address.network.prefixlen < 31 else None
-    if noprefixroute:
-        extra["flags"] = IFA_F_NOPREFIXROUTE
+    flags = (IFA_F_NOPREFIXROUTE if noprefixroute else 0) | (IFA_F_NODAD if nodad else 0)
+    if flags:
+        extra["flags"] = flags
     try:
         ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
     except Exception as exc:  # noqa: BLE001
@@ -71,7 +76,13 @@ def delete_address(ipr: IPRoute, index: int, address: IPInterface) -> bool:
 
 def settle(ipr: IPRoute, index: int, link_name: str, timeout: float = 10.0) -> None:
     """Wait until no IPv6 address of the link is tentative (DAD finished), as the reference
-    does before adding routes; a failed DAD (a duplicate address) is an error."""
+    does before adding routes; a failed DAD (a duplicate address) is an error. A link without
+    carrier (a tap no VM has opened yet, a macvlan on a master whose cable is out) is not
+    waited for: its DAD starts only when the carrier comes, and the reference's 10 s wait
+    would end in a timeout."""
+    links = ipr.get_links(index)
+    if links and not links[0]["flags"] & IFF_LOWER_UP:
+        return
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -189,3 +200,16 @@ def find_route(ipr: IPRoute, route: RouteFields, any_table: bool = False) -> Any
                 continue
             return msg
     return None
+
+
+def default_route_index(ipr: IPRoute) -> int:
+    """The interface of the first default route of the main table, IPv4 before IPv6 (the
+    reference's choice of a master); its first next hop's when it has several; 0 when none."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+            if msg["dst_len"] != 0 or msg["type"] != 1:  # RTN_UNICAST default routes only
+                continue
+            for _gw, oif in _hops(msg):
+                if oif:
+                    return int(oif)
+    return 0

@@ -8,7 +8,10 @@ prevResult at CHECK, nothing at DEL) and hands it to:
 
 - `apply(att)`: create and configure everything, in a fixed order (links, sysctls,
   link settings, addresses, routes, firewall rules). If a step fails, everything
-  this call created is undone, in reverse, and the error is raised.
+  this call created is undone, in reverse, and the error is raised. A link that has
+  an `index` exists already (an earlier `apply` of its links alone made it: the
+  underlay plugins create the interface before they ask IPAM for addresses) and is
+  only configured.
 - `compare(att)`: every difference between the kernel and the description, as
   sentences (an empty list means CHECK passes). What a later plugin in a chain may
   legitimately change is not a difference: extra addresses and routes, MTU,
@@ -40,12 +43,15 @@ through the host end (`Route(..., scope=253, link=host)`), proxy_arp on the host
 link-scoped route to 169.254.1.1 and a default route via it.
 
 Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
-(the host link they are made from, looked up in the host namespace) and kind-specific
-`create` attributes (pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are
-created from the host socket directly in `ns`, under their final name. host-device is a
-`Link` with `device` (an existing host interface): ADD moves it into `ns` under `name` in
-one request (its host name kept as its alias), DEL and a failed ADD move it back. A link
-netlink cannot create (a tap needs an ioctl inside the namespace) gets a `maker`.
+(the host link they are made from, looked up in the host namespace, or in `ns` itself with
+`parent_in_ns`, the reference's linkInContainer) and kind-specific `create` attributes
+(pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are created from the host socket
+directly in `ns`, under their final name. A setting pyroute2 cannot send at creation (macvlan's
+bcqueuelen) is a `finish` step, run once the link exists. host-device is a `Link` with
+`device` (an existing host interface): ADD moves it into `ns` under `name` in one request (its
+host name kept as its alias), DEL and a failed ADD move it back under `device`. A link netlink cannot create
+(a tap needs an ioctl inside the namespace) gets a `maker`; its `mtu` and `mac` are then set
+as any link's are at creation.
 
 One netlink socket is opened per namespace per call; namespaced sysctls are written on
 one worker thread per namespace (`pycni.net.netns.run_in`). There is no module state:
@@ -84,9 +90,11 @@ class Link:
     shared: bool = False  # ensured (created when missing), never removed
     peer: Link | None = None  # veth: the other end, created in the same request
     parent: str = ""  # macvlan/ipvlan/vlan: the host link it is made from
+    parent_in_ns: bool = False  # the parent is in `ns`, not in the host (linkInContainer)
     create: dict[str, Any] = field(default_factory=dict)  # kind-specific RTM_NEWLINK attributes
     device: str = ""  # host-device: the host interface that is moved in as this link
     maker: Callable[[Link], None] | None = None  # creates the link when netlink cannot
+    finish: Callable[[Link], None] | None = None  # settings netlink cannot send at creation
     mtu: int = 0  # at creation; 0 leaves the kernel's
     mac: str = ""  # at creation, and what CHECK expects; "" leaves the kernel's
     master: Link | None = None  # the bridge (same namespace) it is a port of
@@ -231,7 +239,7 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> N
             _ensure_shared(sock, link)
     created: set[int] = set()
     for link in att.links:
-        if not link.shared and id(link) not in created:
+        if not link.shared and not link.index and id(link) not in created:
             _create(sock, link, undo)
             created.update({id(link), id(link.peer)})
     _write_sysctls(att.sysctls)
@@ -297,7 +305,9 @@ def _create_spec(ipr: IPRoute, link: Link) -> dict[str, Any]:
     if link.parent:
         parent = links.get(ipr, link.parent)
         if parent is None:
-            raise CNIError(Code.INVALID_NETWORK_CONFIG, f"parent link {link.parent!r} of {link.where()} does not exist")
+            where = link.ns if link.parent_in_ns else "the host"
+            msg = f"parent link {link.parent!r} of {link.where()} does not exist in {where}"
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, msg)
         spec["link"] = parent["index"]
     return spec
 
@@ -309,11 +319,16 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
         return
     if link.maker is not None:
         link.maker(link)
-        if _lookup(sock(link.ns), link) is None:
+        ipr = sock(link.ns)
+        if _lookup(ipr, link) is None:
             raise CNIError(Code.KERNEL, f"link {link.where()} was not created")
-        undo.append(_undo(links.delete, sock(link.ns), link.index))
+        undo.append(_undo(_destroy, ipr, link))
+        attrs = {k: v for k, v in (("mtu", link.mtu), ("address", link.mac)) if v}
+        if attrs:
+            links.set_attrs(ipr, link.index, f"failed to set the mtu/mac of {link.where()}", **attrs)
+        _finish(link)
         return
-    from_ns = None if link.parent else link.ns
+    from_ns = None if link.parent and not link.parent_in_ns else link.ns
     ipr = sock(from_ns)
     generated = [end for end in (link, link.peer) if end is not None and not end.name]
     for _attempt in range(NAME_ATTEMPTS):
@@ -329,7 +344,7 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
             if peer.ns != link.ns:  # placed by IFLA_NET_NS_FD; the host is this process's namespace
                 peer_ns = peer.ns if peer.ns is not None else HOST_NS
         try:
-            if link.parent and link.ns is not None:
+            if link.parent and link.ns is not None and link.ns != from_ns:
                 _create_in(ipr, spec, link.ns, link)
             else:
                 links.create(ipr, spec, peer_ns, what=f"failed to make {link.kind} {link.where()}")
@@ -352,7 +367,22 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
     for created in (link, link.peer):
         if created is not None and _lookup(sock(created.ns), created) is None:
             raise CNIError(Code.KERNEL, f"link {created.where()} vanished right after it was created")
-    undo.append(_undo(links.delete, sock(link.ns), link.index))
+    undo.append(_undo(_destroy, sock(link.ns), link))
+    _finish(link)
+
+
+def _destroy(ipr: IPRoute, link: Link) -> None:
+    """Undo a creation: delete the link (a veth's peer goes with it) and forget its index, so
+    that the attachment can be applied again."""
+    links.delete(ipr, link.index)
+    for end in (link, link.peer):
+        if end is not None:
+            end.index = 0
+
+
+def _finish(link: Link) -> None:
+    if link.finish is not None:
+        link.finish(link)
 
 
 def _take_device(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
@@ -379,12 +409,13 @@ def _move(ipr: IPRoute, index: int, ns: str, name: str, what: str, alias: str = 
 
 
 def _give_back(sock: _Sockets, link: Link) -> None:
-    """Move a host-device link back to the host under its old name (kept in its alias)."""
+    """Move a host-device link back to the host under its host name, `device` (a container
+    may change the alias; a plugin that no longer knows the name reads it from there)."""
     ipr = sock(link.ns)
     msg = links.get(ipr, link.name)
     if msg is not None:
-        name = str(msg.get_attr("IFLA_IFALIAS") or link.device)
-        _move(ipr, msg["index"], HOST_NS, name, f"giving {link.name} back to the host as {name}")
+        _move(ipr, msg["index"], HOST_NS, link.device, f"giving {link.name} back to the host as {link.device}")
+    link.index = 0
 
 
 def _create_in(ipr: IPRoute, spec: dict[str, Any], ns: str, link: Link) -> None:
@@ -507,6 +538,8 @@ def compare(att: Attachment) -> list[str]:
                 problems.append(f"{link.where()} is not a port of {link.master.name}")
             if link.peer is not None and id(link.peer) in found and links.peer_index(msg) != link.peer.index:
                 problems.append(f"{link.where()} is not the veth peer of {link.peer.where()}")
+            if link.parent:
+                problems += _parent_differences(sock(link.ns if link.parent_in_ns else None), link, msg)
         for address in att.addresses:
             present = addrs.list_addresses(sock(address.link.ns), address.link.index) if id(address.link) in found else None
             if present is not None and address.address not in present:
@@ -532,10 +565,26 @@ def compare(att: Attachment) -> list[str]:
     return problems
 
 
+def _parent_differences(ipr: IPRoute, link: Link, msg: Any) -> list[str]:
+    parent = links.get(ipr, link.parent)
+    where = link.ns if link.parent_in_ns else "the host"
+    if parent is None:
+        return [f"parent link {link.parent} of {link.where()} does not exist in {where}"]
+    if links.peer_index(msg) != parent["index"]:
+        return [f"{link.where()} is not made from {link.parent} in {where}"]
+    return []
+
+
 def _link_differences(link: Link, msg: Any) -> list[str]:
     out = []
     if link.kind and links.kind(msg) != link.kind:
         out.append(f"{link.where()} is a {links.kind(msg) or 'device'}, not a {link.kind}")
+    elif link.create:  # what it was created with, as the kernel reports it (a macvlan's mode)
+        data = links.info_data(msg)
+        for key, want in link.create.items():
+            got = data.get_attr("IFLA_" + key.upper()) if data is not None else None
+            if got is not None and got != want:
+                out.append(f"{link.where()}: {key} is {got}, expected {want}")
     if link.mac and links.mac(msg).lower() != link.mac.lower():
         out.append(f"{link.where()} has MAC {links.mac(msg)}, expected {link.mac}")
     if link.up and not links.is_up(msg):

@@ -3,13 +3,15 @@
 Every function takes an open `IPRoute` (`pycni.net.netlink.route(ns)`), so a plugin
 talks to each namespace through one socket for the whole call. Failures the kernel
 reports become CNIErrors naming the link: code 100, or 101 when the kernel lacks
-the feature (EOPNOTSUPP).
+the feature (EOPNOTSUPP): "this kernel has no ipvlan link type (CONFIG_IPVLAN)".
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +32,38 @@ Msg = Any  # a pyroute2 ifinfmsg
 
 
 def kernel_error(exc: BaseException, what: str, unsupported: str = "") -> CNIError:
-    """A CNIError for a failed netlink call: 101 when the kernel lacks the feature."""
+    """A CNIError for a failed netlink call: 101 when the kernel lacks the feature, which
+    `unsupported` names ("bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")."""
     code = netlink.error_code(exc)
     reason = os.strerror(code) if code else str(exc)
     if code == errno.EOPNOTSUPP and unsupported:
-        return CNIError(Code.KERNEL_UNSUPPORTED, f"{what}: this kernel does not support {unsupported}", reason)
+        return CNIError(Code.KERNEL_UNSUPPORTED, f"{what}: {missing_feature(unsupported)}", reason)
     return CNIError(Code.KERNEL, f"{what}: {reason}")
+
+
+def missing_feature(feature: str) -> str:
+    """How an error names a kernel feature that is missing."""
+    return f"this kernel has no {feature}"
+
+
+# The kernel option behind each link type, to name it when the kernel answers a creation
+# with EOPNOTSUPP ("Unknown device type": neither built in nor loadable as a module).
+LINK_TYPE_OPTIONS = {
+    "bridge": "CONFIG_BRIDGE",
+    "dummy": "CONFIG_DUMMY",
+    "ipvlan": "CONFIG_IPVLAN",
+    "macvlan": "CONFIG_MACVLAN",
+    "tun": "CONFIG_TUN",
+    "veth": "CONFIG_VETH",
+    "vlan": "CONFIG_VLAN_8021Q",
+    "vxlan": "CONFIG_VXLAN",
+}
+
+
+def link_type_feature(kind: str) -> str:
+    """The feature a link type is: "ipvlan link type (CONFIG_IPVLAN)"."""
+    option = LINK_TYPE_OPTIONS.get(kind)
+    return f"{kind} link type ({option})" if option else f"{kind!r} link type"
 
 
 def random_veth_name() -> str:
@@ -67,6 +95,12 @@ def by_index(ipr: IPRoute, index: int) -> Msg | None:
 def kind(msg: Msg) -> str:
     info = msg.get_attr("IFLA_LINKINFO")
     return str(info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
+def info_data(msg: Msg) -> Any:
+    """The kind-specific attributes (IFLA_INFO_DATA) of a link, or None."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_DATA") if info is not None else None
 
 
 def name(msg: Msg) -> str:
@@ -133,7 +167,7 @@ def create(ipr: IPRoute, spec: dict[str, Any], peer_ns: str | None = None, what:
 def _unsupported(spec: dict[str, Any]) -> str:
     if spec.get("br_vlan_filtering"):
         return "bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)"
-    return f"links of type {spec.get('kind')!r}"
+    return link_type_feature(str(spec.get("kind")))
 
 
 def set_attrs(ipr: IPRoute, index: int, what: str, **attrs: Any) -> None:
@@ -147,7 +181,7 @@ def set_port_flags(ipr: IPRoute, index: int, flags: dict[str, int], what: str) -
     try:
         ipr.brport("set", index=index, **flags)
     except Exception as exc:  # noqa: BLE001
-        raise kernel_error(exc, what, "these bridge port flags") from None
+        raise kernel_error(exc, what, "support for these bridge port flags") from None
 
 
 def add_vlan(ipr: IPRoute, index: int, vid: int, pvid: bool, untagged: bool, what: str) -> None:
@@ -194,3 +228,35 @@ def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 2.5) -> Msg:
             return msg
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+# -- macvlan's broadcast queue length: pyroute2 0.9.7 has no IFLA_MACVLAN_BC_QUEUE_LEN ----
+
+RTM_NEWLINK = 16
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 18, 1, 2
+IFLA_MACVLAN_BC_QUEUE_LEN = 7
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def set_macvlan_bc_queue_len(ns: str | None, index: int, length: int, what: str) -> None:
+    """Ask for a broadcast queue of `length` on macvlan #`index` in `ns` (the port uses the
+    largest any of its macvlans asks for). One RTM_NEWLINK, encoded here because the
+    attribute is newer than pyroute2's macvlan description."""
+    data = _attr(IFLA_MACVLAN_BC_QUEUE_LEN, struct.pack("=I", length))
+    info = _attr(IFLA_INFO_KIND, b"macvlan") + _attr(IFLA_INFO_DATA, data)
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + _attr(IFLA_LINKINFO, info)
+    message = struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body
+    with netns.socket_in(ns, socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(message)
+        reply = sock.recv(65536)
+    kind = struct.unpack_from("=H", reply, 4)[0]
+    code = -struct.unpack_from("=i", reply, 16)[0] if kind == NLMSG_ERROR else 0
+    if code:
+        raise CNIError(Code.KERNEL, f"{what}: {os.strerror(code)}")

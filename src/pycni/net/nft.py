@@ -105,8 +105,7 @@ def list_ruleset(family: str) -> list[dict[str, Any]]:
 
     Its cost follows the number of rules, not of elements: listing a table or a chain
     makes libnftables fetch every element of every set the table holds."""
-    with _lock:
-        ctx = _context()
+    with _context() as ctx:
         ctx.set_terse_output(True)
         try:
             rc, out, err = ctx.cmd(f"list ruleset {family}")
@@ -124,7 +123,9 @@ def list_ruleset(family: str) -> list[dict[str, Any]]:
 # set. The kernel looks an element up by key (NFT_MSG_GETSETELEM without NLM_F_DUMP) and a set
 # by name (NFT_MSG_GETSET): those requests are built here. The netlink socket stays open:
 # closing a netfilter socket waits for the destruction of whatever the last transaction
-# deleted (an RCU grace period, several milliseconds).
+# deleted (an RCU grace period, several milliseconds). pyroute2's NFTSocket has the message
+# classes but no request for one element by key, and would add its import to every portmap
+# call; the two requests are small enough to write here.
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -190,6 +191,8 @@ class _Socket:
 
     def request(self, msg: int, family: str, attrs: bytes, what: str) -> bytes | None:
         """Send one request; the reply's attributes, or None for ENOENT."""
+        if not _in_own_namespace():
+            raise CNIError(Code.INTERNAL, "nftables lookups serve the process's own network namespace only")
         with self.lock:
             if self.sock is None:
                 self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)

@@ -88,13 +88,16 @@ def parse_mac(value: str, where: str, code: int = Code.INVALID_NETWORK_CONFIG) -
     raise CNIError(code, f"invalid MAC address {value!r} in {where}")
 
 
-def requested_mac(call: CmdArgs) -> str:
-    """The MAC asked for: runtimeConfig.mac over args.cni.mac over CNI_ARGS MAC."""
-    mac = ""
+def requested_mac(call: CmdArgs, args_cni: bool = True, conf_key: bool = False) -> str:
+    """The MAC asked for: runtimeConfig.mac over args.cni.mac over CNI_ARGS MAC (over the
+    configuration's own "mac" with `conf_key`, as macvlan and tap read it; they have no
+    args.cni.mac, as `args_cni=False` says)."""
+    mac = parse_mac(call.conf.fields.get_str("mac"), '"mac"') if conf_key and call.conf.fields.get_str("mac") else ""
     if call.args:
         env = call.cni_args_dict(known=("MAC",)).get("MAC", "")
-        mac = parse_mac(env, "CNI_ARGS MAC", Code.INVALID_ENVIRONMENT_VARIABLES) if env else ""
-    for fields, where in ((call.conf.args_cni, "args.cni.mac"), (call.conf.runtime_config, "runtimeConfig.mac")):
+        mac = parse_mac(env, "CNI_ARGS MAC", Code.INVALID_ENVIRONMENT_VARIABLES) if env else mac
+    sources = [(call.conf.args_cni, "args.cni.mac")] if args_cni else []
+    for fields, where in [*sources, (call.conf.runtime_config, "runtimeConfig.mac")]:
         value = fields.get_str("mac")
         if value:
             mac = parse_mac(value, where)

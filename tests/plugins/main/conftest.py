@@ -12,6 +12,7 @@ import pytest
 
 from ...conftest import NetNS, delete_link, unique
 from .sides import Side, subnet_pair
+from .underlay import Attach, make_master
 
 
 @pytest.fixture
@@ -51,3 +52,36 @@ def outside(make_netns: Callable[[], NetNS]) -> Iterator[tuple[NetNS, str, str]]
         yield ns, host_ip, far_ip
     finally:
         delete_link(link)
+
+
+@pytest.fixture
+def masters() -> Iterator[Callable[..., str]]:
+    """Veth pairs in the stand-in host (both ends up) to make links from; removed afterwards."""
+    made: list[str] = []
+
+    def make(mtu: int = 1500) -> str:
+        made.append(make_master(mtu))
+        return made[-1]
+
+    yield make
+    for name in made:
+        delete_link(name)
+
+
+@pytest.fixture
+def underlay_pair(
+    plugin_dir: Path, reference_dir: Path, make_netns: Callable[[], NetNS], masters: Callable[..., str], tmp_path: Path
+) -> Callable[..., tuple[Attach, Attach]]:
+    """Ours and the reference's attachment of one plugin, each with its own master, namespace,
+    subnets (differing only in their prefix) and data directory."""
+
+    def make(plugin: str, families: tuple[int, ...] = (4,), prefixlen: int = 24) -> tuple[Attach, Attach]:
+        pairs = [subnet_pair(prefixlen, f) for f in families]
+        sides = []
+        for i, directory in enumerate((plugin_dir, reference_dir)):
+            data_dir = tmp_path / ("ours", "ref")[i]
+            data_dir.mkdir(exist_ok=True)
+            sides.append(Attach(directory / plugin, make_netns(), masters(), [p[i] for p in pairs], data_dir))
+        return sides[0], sides[1]
+
+    return make
