@@ -2,7 +2,7 @@
 ours with warm imports in one process (as a resident agent runs them, IPAM delegated
 in-process): what the plugin code itself costs per attachment.
 
-    scripts/isolated.sh .venv/bin/python bench/bridge.py [N]
+    scripts/in-netns.sh .venv/bin/python bench/bridge.py [N]
 """
 
 from __future__ import annotations
