@@ -39,7 +39,7 @@ def family_of(version: int) -> int:
 def list_addresses(ipr: IPRoute, index: int) -> list[IPInterface]:
     """The addresses on a link, host bits kept (link-local IPv6 included)."""
     out: list[IPInterface] = []
-    for msg in ipr.get_addr(index=index):
+    for msg in netlink.link_addresses(ipr, index):
         local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         out.append(ipaddress.ip_interface(f"{local}/{msg['prefixlen']}"))
     return out
@@ -184,7 +184,8 @@ def find_route(ipr: IPRoute, route: RouteFields, any_table: bool = False) -> Any
     routes to another table, as sbr does)."""
     table = route.table if route.table is not None else RT_TABLE_MAIN
     dst = str(route.dst.network_address)
-    for msg in ipr.get_routes(family=family_of(route.dst.version)):
+    candidates = netlink.routes(ipr, family_of(route.dst.version), None if any_table else table, route.oif or None)
+    for msg in candidates:
         msg_table = msg.get_attr("RTA_TABLE") or msg["table"]
         if not any_table and msg_table != table:
             continue

@@ -7,11 +7,21 @@ with a hash of the network and of the attachment (ifname, containerID), so DEL r
 exactly that attachment's rules (even when another container has since been given the
 same address) and GC finds the stale rules of a network. Since the layout and the hashes
 are the reference's, its nftables backend and ours manage each other's rules.
+
+Finding an attachment's rules by their comment means listing the chain, whose cost grows
+with every container on the host. So ADD also keeps a record of the handles the kernel gave
+its rules (`/run/pycni/ipmasq/<instance hash>`), and DEL and CHECK look those rules up by
+handle, checking their comment: no listing. Without a record (rules made by the reference,
+or an ADD killed before it wrote one) they fall back to the listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +32,7 @@ from pycni.net.addrs import IPInterface
 TABLE = "cni_plugins_masquerade"
 CHAIN = "masq_checks"
 COMMENT_MAX = 128  # knftables' limit, which the reference applies
+RECORDS = "/run/pycni/ipmasq"
 
 
 def _hash(text: str) -> str:
@@ -59,12 +70,6 @@ def _find(prefix: str) -> list[dict[str, Any]]:
     return [r for r in _rules() if str(r.get("comment", "")).startswith(prefix)]
 
 
-def _delete(rules: Iterable[dict[str, Any]], what: str) -> None:
-    script = "".join(f"delete rule inet {TABLE} {CHAIN} handle {r['handle']}\n" for r in rules)
-    if script:
-        nft.run_text(script, what)
-
-
 def _saddr(rule: dict[str, Any]) -> str | None:
     for expr in rule.get("expr", []):
         match = expr.get("match", {})
@@ -72,6 +77,54 @@ def _saddr(rule: dict[str, Any]) -> str | None:
         if payload.get("field") == "saddr" and isinstance(match.get("right"), str):
             return str(match["right"])
     return None
+
+
+def _record_path(instance: str) -> str:
+    return os.path.join(RECORDS, instance)
+
+
+def _read_record(instance: str) -> dict[int, str] | None:
+    """handle -> source address of this attachment's rules, as ADD recorded them; None without a record."""
+    try:
+        with open(_record_path(instance)) as fh:
+            rules = json.load(fh)["rules"]
+        return {int(handle): str(address) for handle, address in rules}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: the listing decides
+
+
+def _write_record(instance: str, rules: dict[int, str]) -> None:
+    os.makedirs(RECORDS, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=RECORDS, prefix=".tmp-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"rules": sorted(rules.items())}, fh)
+    os.replace(tmp, _record_path(instance))
+
+
+def _drop_record(instance: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(_record_path(instance))
+
+
+def _attachment_rules(instance: str) -> dict[int, str | None]:
+    """handle -> source address of this attachment's rules in the kernel: the recorded ones
+    that are still there (checked by handle and comment), or the listing's without a record."""
+    recorded = _read_record(instance)
+    if recorded is None:
+        return {int(r["handle"]): _saddr(r) for r in _find(instance)}
+    return {
+        handle: address
+        for handle, address in recorded.items()
+        if (nft.rule_comment("inet", TABLE, CHAIN, handle) or "").startswith(instance)
+    }
+
+
+def _delete_handles(handles: Iterable[int], what: str) -> None:
+    script = "".join(f"delete rule inet {TABLE} {CHAIN} handle {h}\n" for h in handles)
+    if script:
+        nft.run_text(script, what)
 
 
 @dataclass
@@ -84,9 +137,13 @@ class IPMasq:
     addresses: list[IPInterface]
     what: str = "ipMasq"
 
+    @property
+    def instance(self) -> str:
+        return instance_hash(self.network, self.ifname, self.container_id)
+
     def apply(self) -> None:
         note = comment(self.network, self.ifname, self.container_id)
-        stale = _find(instance_hash(self.network, self.ifname, self.container_id))
+        stale = _attachment_rules(self.instance) if _read_record(self.instance) is not None else {}
         script = [
             f'add table inet {TABLE} {{ comment "Masquerading for plugins from github.com/containernetworking/plugins" ; }}',
             f'add chain inet {TABLE} {CHAIN} {{ comment "Masquerade traffic from certain IPs to any (non-multicast) IP '
@@ -96,22 +153,31 @@ class IPMasq:
             f"add rule inet {TABLE} postrouting ip daddr == 224.0.0.0/4 return",
             f"add rule inet {TABLE} postrouting ip6 daddr == ff00::/8 return",
             f"add rule inet {TABLE} postrouting goto {CHAIN}",
-            *(f"delete rule inet {TABLE} {CHAIN} handle {r['handle']}" for r in stale),
+            *(f"delete rule inet {TABLE} {CHAIN} handle {handle}" for handle in stale),
             *(f'add rule inet {TABLE} {CHAIN} {_masq_rule(a)} comment "{note}"' for a in self.addresses),
         ]
-        nft.run_text("\n".join(script) + "\n", "setting up ipMasq")
+        added = nft.run_text_echo("\n".join(script) + "\n", "setting up ipMasq")
+        rules = [o["rule"] for o in added if "rule" in o and o["rule"].get("chain") == CHAIN]
+        _write_record(self.instance, {int(r["handle"]): str(_saddr(r)) for r in rules})
 
     def remove(self) -> None:
-        _delete(_find(instance_hash(self.network, self.ifname, self.container_id)), "removing ipMasq rules")
+        _delete_handles(_attachment_rules(self.instance), "removing ipMasq rules")
+        _drop_record(self.instance)
 
     def differences(self) -> list[str]:
-        present = {_saddr(r) for r in _find(instance_hash(self.network, self.ifname, self.container_id))}
+        present = set(_attachment_rules(self.instance).values())
         return [f"ipMasq rule for {a.ip} is missing" for a in self.addresses if str(a.ip) not in present]
 
 
 def gc(network: str, valid: Iterable[tuple[str, str]]) -> int:
-    """Remove the network's rules whose (containerID, ifname) is not in `valid`; how many."""
+    """Remove the network's rules (and records) whose (containerID, ifname) is not in `valid`; how many."""
+    valid = list(valid)
     keep = {comment(network, ifname, container_id) for container_id, ifname in valid}
     stale = [r for r in _find(network_hash(network)) if r.get("comment") not in keep]
-    _delete(stale, "collecting stale ipMasq rules")
+    _delete_handles((r["handle"] for r in stale), "collecting stale ipMasq rules")
+    kept = {instance_hash(network, ifname, container_id) for container_id, ifname in valid}
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(RECORDS):
+            if name.startswith(network_hash(network) + "-") and name not in kept:
+                _drop_record(name)
     return len(stale)

@@ -72,9 +72,12 @@ def random_veth_name() -> str:
 
 
 def get(ipr: IPRoute, name: str) -> Msg | None:
-    """The link called `name`, or None."""
+    """The link called `name`, or None.
+
+    A targeted RTM_GETLINK: pyroute2's get_links(ifname=...) dumps and decodes every
+    link of the namespace and filters them in Python (0.8 s on a host with 300 pods)."""
     try:
-        found = ipr.get_links(ifname=name)
+        found = ipr.link("get", ifname=name)
     except Exception as exc:  # noqa: BLE001 - a missing link is ENODEV; anything else is real
         if netlink.is_errno(exc, errno.ENODEV, errno.ENOENT):
             return None

@@ -17,7 +17,9 @@ from __future__ import annotations
 import errno
 import importlib
 import importlib.util
+import os
 import socket
+import struct
 import sys
 import threading
 import types
@@ -84,11 +86,83 @@ def route(ns_path: str | None = None) -> Iterator[IPRoute]:
     except BaseException:
         sock.close()
         raise
+    ipr.pycni_ns = ns_path  # where `filtered_dump` opens its socket
     try:
         yield ipr
     finally:
         ipr.close()
         sock.close()
+
+
+# -- dumps the kernel filters ----------------------------------------------------------------
+#
+# pyroute2 filters dumps in Python: listing one link's addresses, or one interface's routes,
+# decodes every address or route of the namespace (60 ms for 1,000 addresses, most of a
+# bridge ADD on a host with a few hundred pods). With NETLINK_GET_STRICT_CHK the kernel
+# filters address dumps by interface and route dumps by table and output interface itself;
+# only what it returns is decoded (by pyroute2's message classes).
+
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_GETADDR, RTM_GETROUTE = 22, 26
+RTA_OIF, RTA_TABLE = 4, 15
+
+
+def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"") -> list[Any]:
+    _load_pyroute2()
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    sock = netns.socket_in(getattr(ipr, "pycni_ns", None), socket.AF_NETLINK, kind, NETLINK_ROUTE)
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        sock.bind((0, 0))
+        body = header + attrs
+        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+        chunks = []
+        while True:
+            data = sock.recv(1 << 17)
+            offset, done = 0, False
+            while offset < len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == NLMSG_DONE:
+                    done = True
+                elif kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", data, offset + 16)
+                    if code:
+                        raise OSError(-code, os.strerror(-code))
+                    done = True
+                offset += (length + 3) & ~3
+            chunks.append(data)
+            if done:
+                break
+    finally:
+        sock.close()
+    marshal = MarshalRtnl()
+    return [msg for chunk in chunks for msg in marshal.parse(chunk) if msg["header"]["type"] == msg_type - 2]
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def link_addresses(ipr: IPRoute, index: int, family: int = socket.AF_UNSPEC) -> list[Any]:
+    """The address messages of one link (RTM_NEWADDR), filtered by the kernel."""
+    return _filtered_dump(ipr, RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, index))
+
+
+def routes(ipr: IPRoute, family: int, table: int | None = None, oif: int | None = None) -> list[Any]:
+    """The route messages of a family (RTM_NEWROUTE), filtered by the kernel on table and
+    output interface when given (a multipath route is returned whole, whatever its hops)."""
+    attrs = b""
+    if table is not None:
+        attrs += _attr(RTA_TABLE, struct.pack("=I", table))
+    if oif is not None:
+        attrs += _attr(RTA_OIF, struct.pack("=I", oif))
+    header = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0 if table is None else min(table, 255), 0, 0, 0, 0)
+    return _filtered_dump(ipr, RTM_GETROUTE, header, attrs)
 
 
 ENOENT = errno.ENOENT

@@ -82,6 +82,21 @@ def run_text(script: str, what: str = "transaction") -> None:
         raise NftError(what, err)
 
 
+def run_text_echo(script: str, what: str = "transaction") -> list[dict[str, Any]]:
+    """`run_text`, returning what the transaction added as the kernel echoes it (with handles):
+    e.g. [{"rule": {"handle": 7, "comment": ...}}, ...]."""
+    with _context() as ctx:
+        ctx.set_echo_output(True)
+        try:
+            rc, out, err = ctx.cmd(script)
+        finally:
+            ctx.set_echo_output(False)
+    if rc != 0:
+        raise NftError(what, err)
+    data = json.loads(out) if out else {"nftables": []}
+    return [item["add"] for item in data.get("nftables", []) if "add" in item]
+
+
 def list_objects(target: str) -> list[dict[str, Any]]:
     """`nft -j list <target>` as a list of objects (table, chain, rule, set, map, element...).
 
@@ -129,7 +144,9 @@ def list_ruleset(family: str) -> list[dict[str, Any]]:
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETRULE = 7
 NFT_MSG_NEWSET, NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 9, 10, 12, 13
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_USERDATA = 1, 2, 3, 7
 NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
@@ -139,7 +156,7 @@ NLA_F_NESTED = 0x8000
 NLM_F_REQUEST = 1
 NLMSG_ERROR = 2
 NFPROTO = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7}
-UDATA_SET_ELEM_COMMENT = 0
+UDATA_SET_ELEM_COMMENT = UDATA_RULE_COMMENT = 0
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
@@ -230,16 +247,20 @@ class Element:
     data: bytes | None
 
 
-def _parse_element(attrs: bytes) -> Element:
-    listed = _attrs(_attrs(attrs).get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
-    element = _attrs(listed.get(NFTA_LIST_ELEM, b""))
-    comment = ""
-    udata = element.get(NFTA_SET_ELEM_USERDATA, b"")
+def _comment(udata: bytes) -> str:
+    """The comment in libnftnl's user data (type-length-value records; the comment is type 0)."""
     while len(udata) >= 2:
         kind, length = udata[0], udata[1]
         if kind == UDATA_SET_ELEM_COMMENT:
-            comment = udata[2 : 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+            return udata[2 : 2 + length].split(b"\0", 1)[0].decode(errors="replace")
         udata = udata[2 + length :]
+    return ""
+
+
+def _parse_element(attrs: bytes) -> Element:
+    listed = _attrs(_attrs(attrs).get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
+    element = _attrs(listed.get(NFTA_LIST_ELEM, b""))
+    comment = _comment(element.get(NFTA_SET_ELEM_USERDATA, b""))
     data = _attrs(element[NFTA_SET_ELEM_DATA]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_DATA in element else None
     return Element(comment, data)
 
@@ -260,3 +281,12 @@ def set_exists(family: str, table: str, name: str) -> bool:
     """Does set or map `name` exist (without listing anything)?"""
     attrs = _attr(NFTA_SET_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_NAME, name.encode() + b"\0")
     return _netlink.request(NFT_MSG_GETSET, family, attrs, f"get set {family} {table} {name}") is not None
+
+
+def rule_comment(family: str, table: str, chain: str, handle: int) -> str | None:
+    """The comment of rule `handle` in `chain`, "" when it has none, None when there is no such
+    rule (or chain, or table). Its cost does not depend on the number of rules."""
+    attrs = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    attrs += _attr(NFTA_RULE_HANDLE, struct.pack("!Q", handle))
+    reply = _netlink.request(NFT_MSG_GETRULE, family, attrs, f"get rule {family} {table} {chain} handle {handle}")
+    return None if reply is None else _comment(_attrs(reply).get(NFTA_RULE_USERDATA, b""))

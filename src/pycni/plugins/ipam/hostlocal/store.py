@@ -104,21 +104,26 @@ class Store:
         else:
             self._write(LAST_RESERVED + str(range_set), str(ip))
 
-    def allocations(self) -> dict[IPAddress, Holder]:
-        """Every allocated address and who holds it."""
+    def allocations(self, sizes: set[int] | None = None) -> dict[IPAddress, Holder]:
+        """Every allocated address and who holds it; with `sizes`, only the files of those
+        sizes are read (a stat is much cheaper than reading a file, and an attachment's
+        files have a known size: that is what keeps DEL from reading the whole store)."""
         out: dict[IPAddress, Holder] = {}
         try:
-            names = os.listdir(self.dir)
+            entries = list(os.scandir(self.dir))
         except FileNotFoundError:
             return out
         except OSError as exc:
             raise _io_error(f"cannot read the store {self.dir}", exc) from None
-        for name in names:
+        for entry in entries:
             try:
-                ip = ipaddress.ip_address(name)
+                ip = ipaddress.ip_address(entry.name)
             except ValueError:
                 continue  # lock, last_reserved_ip.N
+            name = entry.name
             try:
+                if sizes is not None and entry.stat().st_size not in sizes:
+                    continue
                 with open(self._path(name), newline="") as fh:
                     content = fh.read().strip()
             except OSError:
@@ -127,9 +132,17 @@ class Store:
             out[ip] = Holder(container_id, ifname if sep else None)
         return out
 
+    @staticmethod
+    def _sizes(container_id: str, ifname: str) -> set[int]:
+        """The sizes an attachment's files can have: `<id>\\r\\n<ifname>`, or the old format's
+        bare `<id>` (with or without a line break)."""
+        cid = len(container_id.encode())
+        return {cid + len(LINE_BREAK) + len(ifname.encode()), cid, cid + 1, cid + 2}
+
     def held_by(self, container_id: str, ifname: str) -> list[IPAddress]:
         """The addresses of one attachment (those written in the old format included)."""
-        held = [ip for ip, holder in self.allocations().items() if holder.matches(container_id, ifname)]
+        candidates = self.allocations(self._sizes(container_id, ifname))
+        held = [ip for ip, holder in candidates.items() if holder.matches(container_id, ifname)]
         return sorted(held, key=lambda ip: (ip.version, int(ip)))
 
     def release(self, ip: IPAddress) -> None:
@@ -138,7 +151,7 @@ class Store:
     def release_attachment(self, container_id: str, ifname: str) -> list[IPAddress]:
         """Release every address of (containerID, ifname), as the reference's ReleaseByID:
         files in the current format first, the old format only if none matched."""
-        allocations = self.allocations()
+        allocations = self.allocations(self._sizes(container_id, ifname))
         exact = [ip for ip, h in allocations.items() if h.ifname is not None and h.matches(container_id, ifname)]
         chosen = exact or [ip for ip, h in allocations.items() if h.ifname is None and h.matches(container_id, ifname)]
         for ip in chosen:
