@@ -366,3 +366,28 @@ def test_a_leftover_host_veth_is_replaced(plugin_dir: Path, netns: NetNS, tmp_pa
     finally:
         assert run_plugin(plugin_dir / "calico", "DEL", conf, netns=netns.path, container_id=cid).returncode == 0
     assert subprocess.run(["ip", "link", "show", host_veth], capture_output=True, check=False).returncode != 0
+
+
+def test_ipv6_only_workload(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    """No IPv4: no 169.254.1.1 route and no IPv4 sysctls; the default route goes via the host
+    veth's link-local address, the host routes the /128 to the veth."""
+    conf = calico_conf(tmp_path, ipam={"type": "calico-ipam", "assign_ipv4": "false", "assign_ipv6": "true"})
+    cid = unique("v6", 12)
+    out = run_plugin(plugin_dir / "calico", "ADD", conf, netns=netns.path, container_id=cid,
+                     env={"CALICO_IPV6POOL_CIDR": unique_subnet6().replace("/64", "/48")})  # fmt: skip
+    assert out.returncode == 0, out.stdout
+    try:
+        (ip,) = out.json["ips"]
+        assert ip["address"].endswith("/128") and ip["gateway"] == "fe80::ecee:eeff:feee:eeee"
+        assert netns.ip_json("-4", "route", "show") == []
+        (default,) = netns.ip_json("-6", "route", "show", "default")
+        assert default["gateway"] == "fe80::ecee:eeff:feee:eeee" and default["dev"] == "eth0"
+        host_veth = "cali" + cid[:11]
+        routes = json.loads(subprocess.run(["ip", "-j", "-6", "route", "show", "dev", host_veth],
+                                           capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        assert ip["address"].split("/")[0] in [r["dst"] for r in routes]
+        assert sysctl(f"net.ipv6.conf.{host_veth}.proxy_ndp") == "1"
+        check = run_plugin(plugin_dir / "calico", "CHECK", dict(conf, prevResult=out.json), netns=netns.path, container_id=cid)
+        assert check.returncode == 0, check.stdout
+    finally:
+        assert run_plugin(plugin_dir / "calico", "DEL", conf, netns=netns.path, container_id=cid).returncode == 0
