@@ -19,6 +19,7 @@ from pycni.spec.errors import CNIError, Code
 if TYPE_CHECKING:
     from pycni.net.netlink import IPRoute
 
+IFNAMSIZ = 16  # with the terminating NUL
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 BRIDGE_VLAN_INFO_PVID = 0x2
@@ -44,9 +45,15 @@ def random_veth_name() -> str:
 
 
 def get(ipr: IPRoute, name: str) -> Msg | None:
-    """The link called `name`, or None."""
+    """The link called `name`, or None.
+
+    The kernel looks the name up (RTM_GETLINK with IFLA_IFNAME): pyroute2's
+    get_links(ifname=...) would dump every link and filter them here, which costs a
+    host with many containers a parsed message per link on each lookup."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        return None  # cannot exist (the kernel would refuse the request)
     try:
-        found = ipr.get_links(ifname=name)
+        found = ipr.link("get", ifname=name)
     except Exception as exc:  # noqa: BLE001 - a missing link is ENODEV; anything else is real
         if netlink.is_errno(exc, errno.ENODEV, errno.ENOENT):
             return None
