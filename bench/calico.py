@@ -4,7 +4,11 @@ in-process), in wall-clock and CPU milliseconds (user + system, the plugin proce
 included), which a busy machine disturbs less. There is no Go calico plugin on the
 machine to compare with.
 
-    scripts/in-netns.sh .venv/bin/python bench/calico.py [N]
+    scripts/in-netns.sh .venv/bin/python bench/calico.py [N [PODS]]
+
+With PODS, that many pods (dual-stack, each in its namespace) are on the node first,
+as on a busy host: their veths, link-local addresses and /32 routes are what every
+lookup, dump and route check of the measured calls has to get past.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 
-from bridge import in_process, processes  # bench/ is the script's directory, so on sys.path
+from bridge import _in_process, in_process, processes  # bench/ is the script's directory, so on sys.path
 
-from pycni import launcher
+from pycni import launcher, skel
+from pycni.runtime import delegate
 
 NETNS = "benchcal1"
 
 
-def conf(dual: bool) -> bytes:
-    tmp = tempfile.mkdtemp(prefix="pycni-bench-calico-")
+STATE = tempfile.mkdtemp(prefix="pycni-bench-calico-")  # one datastore: addresses are unique on the node
+
+
+def conf(dual: bool, tmp: str = STATE) -> bytes:
     net = {
         "cniVersion": "1.0.0",
         "name": "bench",
@@ -73,10 +80,34 @@ def measured(fn: Callable[[], float], calls: int) -> tuple[float, float]:
     return wall, (cpu() - before) * 1000 / calls
 
 
-def main(n: int) -> None:
+def crowd(pods: int) -> Callable[[], None]:
+    """`pods` dual-stack pods on the node (made in this process); returns their removal."""
+    delegate.add, delegate.delete = _in_process("ADD"), _in_process("DEL")  # type: ignore[assignment]
+    stdin = conf(True)
+
+    def each(command: str) -> None:
+        for i in range(pods):
+            call = dict(env(command, 900000 + i, "/nonexistent"), CNI_NETNS=f"/run/netns/benchpod{i}")
+            out = skel.dispatch("calico", call, stdin)
+            assert out.code == 0, out.stdout
+
+    for i in range(pods):
+        subprocess.run(["ip", "netns", "add", f"benchpod{i}"], check=True)
+    each("ADD")
+
+    def remove() -> None:
+        each("DEL")
+        for i in range(pods):
+            subprocess.run(["ip", "netns", "del", f"benchpod{i}"], check=False)
+
+    return remove
+
+
+def main(n: int, pods: int) -> None:
     ours = tempfile.mkdtemp()
     launcher.install(ours)
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    remove_crowd = crowd(pods) if pods else None
     try:
         rows = []
         for dual in (False, True):
@@ -84,16 +115,17 @@ def main(n: int) -> None:
             stdin = conf(dual)
             processes(ours, stdin, 1, "calico", env)  # the first call creates the pool and claims a block
             rows.append((f"processes, {label}", *measured(partial(processes, ours, stdin, n, "calico", env), n)))
-            warm = conf(dual)
-            in_process(warm, 1, "calico", env)  # imports; in_process warms up 3 more times, counted in CPU
-            rows.append((f"warm, one process, {label}", *measured(partial(in_process, warm, n, "calico", env), n + 3)))
-        print(f"calico + calico-ipam (embedded store) ADD+DEL, {n} times, ms each:")
+            in_process(stdin, 1, "calico", env)  # imports; in_process warms up 3 more times, counted in CPU
+            rows.append((f"warm, one process, {label}", *measured(partial(in_process, stdin, n, "calico", env), n + 3)))
+        print(f"calico + calico-ipam (embedded store) ADD+DEL, {n} times, {pods} pods on the node, ms each:")
         print(f"  {'':30s} {'wall':>7s} {'CPU':>7s}")
         for label, wall, cpu_ms in rows:
             print(f"  {label + ':':30s} {wall:7.1f} {cpu_ms:7.1f}")
     finally:
+        if remove_crowd is not None:
+            remove_crowd()
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30, int(sys.argv[2]) if len(sys.argv) > 2 else 0)
