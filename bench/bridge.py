@@ -53,21 +53,24 @@ def env(command: str, i: int, path: str) -> dict[str, str]:
     }
 
 
-def processes(path: str, stdin: bytes, n: int, plugin: str = "bridge") -> float:
+Env = Callable[[str, int, str], dict[str, str]]
+
+
+def processes(path: str, stdin: bytes, n: int, plugin: str = "bridge", make_env: Env = env) -> float:
     start = time.perf_counter()
     for i in range(n):
         for command in ("ADD", "DEL"):
-            subprocess.run([f"{path}/{plugin}"], input=stdin, env=env(command, i, path), capture_output=True, check=True)
+            subprocess.run([f"{path}/{plugin}"], input=stdin, env=make_env(command, i, path), capture_output=True, check=True)
     return (time.perf_counter() - start) * 1000 / n
 
 
-def in_process(stdin: bytes, n: int, plugin: str = "bridge") -> float:
+def in_process(stdin: bytes, n: int, plugin: str = "bridge", make_env: Env = env) -> float:
     delegate.add, delegate.delete = _in_process("ADD"), _in_process("DEL")  # type: ignore[assignment]
     for warm_up in (True, False):
         start = time.perf_counter()
         for i in range(3 if warm_up else n):
             for command in ("ADD", "DEL"):
-                out = skel.dispatch(plugin, env(command, i, "/nonexistent"), stdin)
+                out = skel.dispatch(plugin, make_env(command, i, "/nonexistent"), stdin)
                 assert out.code == 0, out.stdout
     return (time.perf_counter() - start) * 1000 / n
 

@@ -14,6 +14,8 @@ from pycni.calico.calicoctl import tables
 from pycni.calico.datastore import DatastoreSettings, open_datastore
 from pycni.calico.ipam import IPAM
 
+from .conftest import EtcdServer
+
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
@@ -149,3 +151,53 @@ def test_kubernetes_datastore_is_refused(tmp_path: Path) -> None:
     env = {"PATH": os.environ.get("PATH", ""), "DATASTORE_TYPE": "kubernetes"}
     out = subprocess.run([str(VENV_BIN / "calicoctl"), "get", "ippools"], capture_output=True, text=True, env=env, check=False)
     assert out.returncode == 1 and "available datastores" in out.stderr
+
+
+def _endpoint(name: str, namespace: str, node: str, address: str) -> dict[str, object]:
+    return {
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"orchestrator": "k8s", "node": node, "pod": name, "endpoint": "eth0", "ipNetworks": [address]},
+    }
+
+
+def test_etcd_from_the_environment_and_a_config_file_and_every_ipam_problem(etcd: EtcdServer, tmp_path: Path) -> None:
+    """calicoctl on etcd (ETCD_ENDPOINTS, then a CalicoAPIConfig file), and what `ipam check`
+    finds besides leaks: an address in use with no allocation, a handle with no addresses."""
+    from pycni.calico import model
+    from pycni.calico.endpoints import Endpoints
+
+    with open_datastore(DatastoreSettings(kind="etcdv3", etcd_endpoints=etcd.endpoint)) as store:
+        ipam = IPAM(store)
+        ipam.pools.create({"metadata": {"name": "p"}, "spec": {"cidr": "10.81.0.0/24", "blockSize": 26}})
+        v4, _ = ipam.auto_assign(1, 0, "net.web", {"node": "n1", "pod": "web", "namespace": "prod", "timestamp": "t"}, "n1")
+        assert v4 is not None
+        block = v4.ips[0].network
+        Endpoints(store).create(_endpoint("n1-k8s-web-eth0", "prod", "n1", f"{v4.ips[0].ip}/32"))
+        Endpoints(store).create(_endpoint("n1-k8s-ghost-eth0", "prod", "n1", "10.81.0.200/32"))
+        Endpoints(store).create(_endpoint("n1-k8s-db-eth0", "default", "n1", "10.81.0.201/32"))
+        store.create(model.handle_key("net.orphan"), model.Handle(block={str(block): 1}).to_json())
+    env = {"PATH": os.environ.get("PATH", ""), "DATASTORE_TYPE": "etcdv3", "ETCD_ENDPOINTS": etcd.endpoint}
+    check = subprocess.run([str(VENV_BIN / "calicoctl"), "ipam", "check", "--show-all-ips"], env=env,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    for line in (
+        "Found 0 IPs that are allocated in IPAM but not actually in use.",
+        "  10.81.0.200 in use by Workload(prod/n1-k8s-ghost-eth0) and in active IPAM pool but has no IPAM allocation.",
+        "Found 2 in-use IPs that are in active IP pools but have no corresponding IPAM allocation.",
+        "  net.orphan doesn't have any active IPs.",
+        "Found 1 handles with no matching IPs (and 1 handles with matches).",
+        "Check complete; found 3 problems.",
+    ):
+        assert line in check.stdout.splitlines(), check.stdout
+    config = tmp_path / "calicoctl.cfg"
+    config.write_text(
+        "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {}\n"
+        f"spec:\n  datastoreType: etcdv3\n  etcdEndpoints: {etcd.endpoint}\n"
+    )
+    bare = {"PATH": os.environ.get("PATH", "")}
+    got = subprocess.run([str(VENV_BIN / "calicoctl"), "get", "workloadendpoints", "-n", "prod", "-o", "yaml", "-c", str(config)],
+                         env=bare, capture_output=True, text=True, check=False)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    listed = yaml.safe_load(got.stdout)
+    assert listed["kind"] == "WorkloadEndpointList"
+    assert sorted(i["metadata"]["name"] for i in listed["items"]) == ["n1-k8s-ghost-eth0", "n1-k8s-web-eth0"]

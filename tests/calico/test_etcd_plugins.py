@@ -4,8 +4,11 @@ and an etcd that goes away (ADD fails fast with code 11, DEL journals and succee
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +20,29 @@ from pycni.calico.model import IPAMConfig
 from ..conftest import NetNS, run_plugin, unique_subnet
 from .conftest import EtcdServer
 
+VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
 NODES = ("node-a", "node-b", "node-c")
 
 
 def _allocate(endpoint: str, node: str, count: int, results: dict[str, list[Any]], errors: list[str]) -> None:
-    """One node's allocations: several threads, each with its own client, as separate plugin calls would."""
+    """One node's allocations: several threads, each with its own client, as separate plugin calls would.
+    Whatever a thread raises is an error too (a thread's exception would otherwise only be printed)."""
 
     def worker(first: int, n: int) -> None:
-        with open_datastore(DatastoreSettings(kind="etcdv3", etcd_endpoints=endpoint)) as store:
-            ipam = IPAM(store)
-            for i in range(first, first + n):
-                v4, _ = ipam.auto_assign(1, 0, f"net.{node}-{i}", {"node": node, "timestamp": "t"}, node)
-                assert v4 is not None
-                if v4.partial_error():
-                    errors.append(v4.partial_error())
-                results[node].extend(v4.ips)
+        try:
+            with open_datastore(DatastoreSettings(kind="etcdv3", etcd_endpoints=endpoint)) as store:
+                ipam = IPAM(store)
+                for i in range(first, first + n):
+                    v4, _ = ipam.auto_assign(1, 0, f"net.{node}-{i}", {"node": node, "timestamp": "t"}, node)
+                    if v4 is None:
+                        errors.append("no IPv4 assignment")
+                    elif v4.partial_error():
+                        errors.append(v4.partial_error())
+                    else:
+                        results[node].extend(v4.ips)
+        except Exception as exc:  # noqa: BLE001 - reported by the test's assertions
+            errors.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=worker, args=(i * (count // 5), count // 5)) for i in range(5)]
     for t in threads:
@@ -174,3 +185,52 @@ def test_calico_ipam_plugin_on_etcd(plugin_dir: Path, etcd: EtcdServer, tmp_path
         assert run_plugin(plugin_dir / "calico-ipam", "DEL", conf, container_id=cid).returncode == 0
     with open_datastore(DatastoreSettings(kind="etcdv3", etcd_endpoints=etcd.endpoint)) as store:
         assert store.list("/calico/ipam/v2/handle/") == []
+
+
+def test_three_nodes_through_the_plugin_borrow_then_strict_affinity_refuses(
+    plugin_dir: Path, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """The acceptance through calico-ipam processes: three nodes (each its own host lock, as
+    three hosts) ADD 50 containers each, concurrently, from a pool of two blocks. No address
+    twice, the two nodes that claimed a block use only it, the third borrows; then with
+    strictAffinity on (set with calicoctl on etcd) the third node's ADD is a clear exhaustion error."""
+    cidr = unique_subnet(24)
+    _pool(etcd.endpoint, cidr, 25)
+    per_node = 50
+
+    def add(node: str, i: int) -> tuple[str, Any]:
+        conf = dict(_conf(tmp_path, etcd.endpoint), type="calico-ipam", nodename=node, ipam_lock_file=str(tmp_path / node))
+        out = run_plugin(plugin_dir / "calico-ipam", "ADD", conf, netns="/run/netns/pct-unused", container_id=f"{node}-{i}")
+        return node, out
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        runs = list(pool.map(lambda job: add(*job), [(n, i) for i in range(per_node) for n in NODES]))
+    failed = [out.stdout for _, out in runs if out.returncode != 0]
+    assert failed == []
+    got: dict[str, list[Any]] = {n: [] for n in NODES}
+    for node, out in runs:
+        got[node].append(ipaddress.ip_interface(out.json["ips"][0]["address"]).ip)
+    every = [ip for ips in got.values() for ip in ips]
+    assert len(set(every)) == len(every) == 3 * per_node
+    with open_datastore(DatastoreSettings(kind="etcdv3", etcd_endpoints=etcd.endpoint)) as store:
+        owners = {b.cidr: b.host for b in IPAM(store).blocks()}
+    assert len(owners) == 2 and len(set(owners.values())) == 2
+    (borrower,) = set(NODES) - set(owners.values())
+    for node, ips in got.items():
+        used = {owners[next(cidr for cidr in owners if ip in cidr)] for ip in ips}  # whose blocks the node used
+        assert used == {node} if node != borrower else borrower not in used
+    ctl = subprocess.run(
+        [str(VENV_BIN / "calicoctl"), "ipam", "configure", "--strictaffinity=true"],
+        env={"PATH": os.environ.get("PATH", ""), "DATASTORE_TYPE": "etcdv3", "ETCD_ENDPOINTS": etcd.endpoint},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ctl.returncode == 0, ctl.stderr
+    _, refused = add(borrower, per_node)
+    assert refused.returncode == 1 and refused.json["code"] == 103, refused.stdout
+    assert refused.json["msg"] == (
+        "failed to request IPv4 addresses: Assigned 0 out of 1 requested IPv4 addresses; "
+        "No more free affine blocks and strict affinity enabled"
+    )
+    owner = next(iter(set(owners.values())))
+    _, still = add(owner, per_node)
+    assert still.returncode == 0, still.stdout  # a node with a block of its own is not affected

@@ -63,7 +63,7 @@ def test_apply_compare_remove(netns: NetNS, bridge_name: str) -> None:
     problems = attachment.compare(att)
     assert any("eth0 in" in p and "is down" in p for p in problems)
     assert any("route 0.0.0.0/0 via" in p for p in problems)
-    assert any("arp_notify is '0', expected '1'" in p for p in problems)
+    assert any("arp_notify is 0, expected 1" in p for p in problems)
     assert any("bridge port hairpin is 0, expected 1" in p for p in problems)
     attachment.remove(att)
     assert host.name not in host_links() and bridge_name in host_links()  # the shared bridge stays
@@ -217,3 +217,72 @@ def test_links_applied_first_are_only_configured_later(netns: NetNS) -> None:
     finally:
         delete_link(parent)
         delete_link(parent[:-1] + "r")
+
+
+def routed_pair(ns: NetNS, host_name: str, address: str) -> tuple[Attachment, Link, Link]:
+    """calico's shape: a /32 routed to the container through the host end, which no other
+    device may route; the container's IPv6 default route via the host end's link-local address."""
+    att = Attachment()
+    queues = {"num_tx_queues": 3, "num_rx_queues": 3}
+    cont, host = att.veth(
+        Link("eth0", ns=ns.path, mtu=1400, create=dict(queues), check_mtu=True),
+        Link(host_name, mtu=1400, mac="ee:ee:ee:ee:ee:ee", create=dict(queues), check_mtu=True, replace=True),
+    )
+    att.addresses.append(Address(cont, ipaddress.ip_interface(f"{address}/32")))
+    att.addresses.append(Address(cont, ipaddress.ip_interface("fd00:5::5/128")))
+    att.sysctls.append(Sysctl(sysctl.conf_key(6, "{link}", "accept_dad"), "0", link=host))
+    att.routes.append(Route(ipaddress.ip_network("::/0"), link=cont, via_link_local=host))
+    att.routes.append(Route(ipaddress.ip_network(f"{address}/32"), scope=253, link=host, exclusive=True))
+    return att, cont, host
+
+
+def test_an_exclusive_route_owned_by_another_device_is_a_conflict_naming_it(netns: NetNS) -> None:
+    address = str(ipaddress.ip_network(unique_subnet())[5])
+    host_name, other = unique("pcth"), unique("pcto")
+    subprocess.run(["ip", "link", "add", other, "type", "veth", "peer", "name", other[:-1] + "p"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", other, "up"], check=True)
+        subprocess.run(["ip", "route", "add", f"{address}/32", "dev", other], check=True)
+        att, *_ = routed_pair(netns, host_name, address)
+        with pytest.raises(CNIError) as exc:
+            attachment.apply(att)
+        assert exc.value.code == 102 and f"it goes to {other}" in exc.value.msg
+        assert host_name not in host_links() and "eth0" not in names_in(netns)  # rolled back
+        subprocess.run(["ip", "route", "del", f"{address}/32", "dev", other], check=True)
+        att, *_ = routed_pair(netns, host_name, address)
+        attachment.apply(att)
+        assert attachment.compare(att) == []
+        # CHECK: the route now goes elsewhere (where a non-exclusive route would still count).
+        subprocess.run(["ip", "route", "replace", f"{address}/32", "dev", other], check=True)
+        assert f"route {address}/32 goes to {other}, not {host_name}" in attachment.compare(att)
+        attachment.remove(att)
+    finally:
+        delete_link(other)
+        delete_link(host_name)
+
+
+def test_route_via_link_local_mtu_queues_and_a_replaced_leftover(netns: NetNS) -> None:
+    address = str(ipaddress.ip_network(unique_subnet())[7])
+    host_name = unique("pcth")
+    subprocess.run(["ip", "link", "add", host_name, "type", "veth", "peer", "name", host_name[:-1] + "p"], check=True)
+    try:
+        att, cont, host = routed_pair(netns, host_name, address)
+        attachment.apply(att)
+        assert host.replaced and cont.actual_mac
+        assert host_name[:-1] + "p" not in host_links()  # the leftover pair is gone
+        (default,) = netns.ip_json("-6", "route", "show", "default")
+        (ll,) = [a["local"] for a in subprocess_json("addr", "show", host_name)[0]["addr_info"] if a["scope"] == "link"]
+        assert default["gateway"] == ll == "fe80::ecee:eeff:feee:eeee"
+        (link,) = netns.ip_json("-d", "link", "show", "eth0")
+        assert link["num_tx_queues"] == link["num_rx_queues"] == 3
+        assert subprocess_json("-d", "link", "show", host_name)[0]["num_tx_queues"] == 3
+        assert attachment.compare(att) == []
+        netns.run("ip", "-6", "route", "del", "default")
+        netns.run("ip", "link", "set", "eth0", "mtu", "1300")
+        problems = attachment.compare(att)
+        assert any(p.startswith(f"eth0 in {netns.path} has MTU 1300, expected 1400") for p in problems), problems
+        assert any(p.startswith("route ::/0 via fe80::ecee:eeff:feee:eeee dev eth0 is missing") for p in problems), problems
+        attachment.remove(att)
+        assert host_name not in host_links()
+    finally:
+        delete_link(host_name)

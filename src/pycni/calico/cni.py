@@ -19,8 +19,6 @@ from pycni.calico.resources import CLUSTER_INFORMATION, ResourceError, Resources
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
-
 
 @dataclass
 class Context:
@@ -136,13 +134,3 @@ def ipam_lock(path: str) -> Iterator[None]:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def valid_attachments(call: CmdArgs) -> set[str]:
-    """Container IDs the runtime still uses (GC's cni.dev/valid-attachments)."""
-    items = call.conf.fields.get_list(VALID_ATTACHMENTS)
-    out = set()
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("containerID"), str):
-            out.add(item["containerID"])
-    return out

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pycni.net import netlink
+from pycni.net import links, netlink
 from pycni.net.links import kernel_error
 from pycni.spec.errors import CNIError, Code
 
@@ -87,7 +87,7 @@ def settle(ipr: IPRoute, index: int, link_name: str, timeout: float = 10.0) -> N
     delay = 0.01
     while True:
         tentative = False
-        for msg in ipr.get_addr(family=socket.AF_INET6, index=index):
+        for msg in netlink.link_addresses(ipr, index, socket.AF_INET6):
             flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
             if flags & IFA_F_DADFAILED:
                 duplicate = msg.get_attr("IFA_ADDRESS")
@@ -140,9 +140,11 @@ class RouteFields:
         return out
 
 
-def add_route(ipr: IPRoute, route: RouteFields, link_name: str) -> None:
+def add_route(ipr: IPRoute, route: RouteFields, link_name: str, exclusive: bool = False) -> None:
     """Add a route; an identical one already there is fine, one with the same destination and
-    another gateway becomes an additional next hop (the reference's RouteAddEcmp)."""
+    another gateway becomes an additional next hop (the reference's RouteAddEcmp) unless
+    `exclusive`: then a route to that destination through another device is a conflict
+    naming the device."""
     spec = route.spec()
     try:
         ipr.route("add", **spec)
@@ -152,6 +154,13 @@ def add_route(ipr: IPRoute, route: RouteFields, link_name: str) -> None:
             raise kernel_error(exc, f"failed to add route '{route.dst} via {route.gw} dev {link_name}'") from None
     if find_route(ipr, route) is not None:
         return
+    if exclusive:
+        owner = route_owner(ipr, route)
+        raise CNIError(
+            Code.CONFLICT,
+            f"route {route.dst} already exists for an interface other than {link_name!r}: it goes to {owner}",
+            f"{owner} owns the route to {route.dst}: remove that route or release the address it routes",
+        )
     try:
         ipr.route("append", **spec)
     except Exception as exc:  # noqa: BLE001
@@ -207,10 +216,43 @@ def default_route_index(ipr: IPRoute) -> int:
     """The interface of the first default route of the main table, IPv4 before IPv6 (the
     reference's choice of a master); its first next hop's when it has several; 0 when none."""
     for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+        for msg in netlink.routes(ipr, family, table=RT_TABLE_MAIN):
             if msg["dst_len"] != 0 or msg["type"] != 1:  # RTN_UNICAST default routes only
                 continue
             for _gw, oif in _hops(msg):
                 if oif:
                     return int(oif)
     return 0
+
+
+def route_owner(ipr: IPRoute, route: RouteFields) -> str:
+    """The name of the device the route to `route.dst` (in its table) goes through, "" when
+    there is no such route ("unknown" when its device cannot be named)."""
+    msg = find_route(ipr, RouteFields(route.dst, table=route.table))
+    if msg is None:
+        return ""
+    oif = _hops(msg)[0][1]
+    found = links.by_index(ipr, oif) if oif else None
+    return links.name(found) if found is not None else "unknown"
+
+
+def link_local(ipr: IPRoute, index: int) -> IPAddress | None:
+    """The link's IPv6 link-local address, or None."""
+    for msg in netlink.link_addresses(ipr, index, socket.AF_INET6):
+        address = ipaddress.IPv6Address(msg.get_attr("IFA_ADDRESS"))
+        if address.is_link_local:
+            return address
+    return None
+
+
+def wait_link_local(ipr: IPRoute, index: int, link_name: str, timeout: float = 1.0) -> IPAddress:
+    """The link's IPv6 link-local address, waiting for the kernel to give it one (it does
+    once the link is up and has a carrier)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        address = link_local(ipr, index)
+        if address is not None:
+            return address
+        if time.monotonic() >= deadline:
+            raise CNIError(Code.KERNEL, f"{link_name} has no IPv6 link-local address after {timeout:g}s")
+        time.sleep(0.01)

@@ -37,10 +37,14 @@ Usage (a veth pair with the container end configured, as bridge, ptp and calico 
     att.rules.append(ipmasq.IPMasq(...))          # anything with apply/remove/differences
     apply(att)                                    # fills host.name, .index, .actual_mac
 
-calico's attachment is the same pair without a bridge: /32 routes to the container
-through the host end (`Route(..., scope=253, link=host)`), proxy_arp on the host end
+calico's attachment (`pycni.calico.dataplane`) is the same pair without a bridge: /32
+routes to the container through the host end that no other device may have
+(`Route(..., scope=253, link=host, exclusive=True)`), proxy_arp on the host end
 (`Sysctl("net/ipv4/conf/{link}/proxy_arp", "1", link=host)`) and, in the container, a
-link-scoped route to 169.254.1.1 and a default route via it.
+link-scoped route to 169.254.1.1, a default route via it and an IPv6 default route via
+the host end's link-local address (`Route(..., link=cont, via_link_local=host)`). Its
+host end has a fixed name, and a leftover of an earlier sandbox is replaced
+(`Link(..., replace=True)`).
 
 Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
 (the host link they are made from, looked up in the host namespace, or in `ns` itself with
@@ -96,6 +100,7 @@ class Link:
     maker: Callable[[Link], None] | None = None  # creates the link when netlink cannot
     finish: Callable[[Link], None] | None = None  # settings netlink cannot send at creation
     mtu: int = 0  # at creation; 0 leaves the kernel's
+    check_mtu: bool = False  # CHECK compares the MTU (off by default: tuning may change it)
     mac: str = ""  # at creation, and what CHECK expects; "" leaves the kernel's
     master: Link | None = None  # the bridge (same namespace) it is a port of
     up: bool = True
@@ -106,9 +111,11 @@ class Link:
     pin_mac: bool = False  # keep the MAC it had before ADD: a bridge stops following its ports' MACs
     settle: bool = False  # wait for IPv6 duplicate address detection before adding routes
     wait_up: bool = False  # ADD waits for operstate UP (a bridge port whose peer is up)
+    replace: bool = False  # a link of this name and kind already there is deleted first (a leftover)
     # What the kernel reports, filled by apply():
     index: int = 0
     actual_mac: str = ""
+    replaced: bool = False  # a leftover of this name was deleted
 
     def where(self) -> str:
         return f"{self.name or self.kind} in {self.ns}" if self.ns else f"{self.name or self.kind}"
@@ -130,6 +137,12 @@ class Route(RouteFields):
 
     link: Link = field(kw_only=True)
     shared: bool = field(default=False, kw_only=True)
+    # The destination is reached through `link` only: a route to it through another device
+    # is a conflict naming that device at ADD, and a difference at CHECK.
+    exclusive: bool = field(default=False, kw_only=True)
+    # The gateway is that link's IPv6 link-local address, which the kernel assigns only
+    # once the link is up: looked up at ADD (waiting for it) and at CHECK.
+    via_link_local: Link | None = field(default=None, kw_only=True)
 
     def fields(self) -> RouteFields:
         self.oif = self.link.index
@@ -255,7 +268,10 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> N
         if link.settle and any(a.address.version == 6 for a in att.addresses_of(link)):
             addrs.settle(sock(link.ns), link.index, link.name)
     for route in att.routes:
-        addrs.add_route(sock(route.link.ns), route.fields(), route.link.name)
+        via = route.via_link_local
+        if via is not None:
+            route.gw = addrs.wait_link_local(sock(via.ns), via.index, via.where())
+        addrs.add_route(sock(route.link.ns), route.fields(), route.link.name, route.exclusive)
         if not route.shared and route.link.shared:
             undo.append(_undo(_delete_route, sock, route))
     for link in att.links:
@@ -328,6 +344,9 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
             links.set_attrs(ipr, link.index, f"failed to set the mtu/mac of {link.where()}", **attrs)
         _finish(link)
         return
+    for end in (link, link.peer):
+        if end is not None and end.replace and end.name:
+            _replace(sock(end.ns), end)
     from_ns = None if link.parent and not link.parent_in_ns else link.ns
     ipr = sock(from_ns)
     generated = [end for end in (link, link.peer) if end is not None and not end.name]
@@ -338,7 +357,7 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
         peer_ns = None
         if link.peer is not None:
             peer = link.peer
-            spec["peer"] = {"ifname": peer.name, **({"mtu": peer.mtu} if peer.mtu else {})}
+            spec["peer"] = {"ifname": peer.name, **peer.create, **({"mtu": peer.mtu} if peer.mtu else {})}
             if peer.mac:
                 spec["peer"]["address"] = peer.mac
             if peer.ns != link.ns:  # placed by IFLA_NET_NS_FD; the host is this process's namespace
@@ -383,6 +402,14 @@ def _destroy(ipr: IPRoute, link: Link) -> None:
 def _finish(link: Link) -> None:
     if link.finish is not None:
         link.finish(link)
+
+
+def _replace(ipr: IPRoute, link: Link) -> None:
+    """Delete a leftover link of the name and kind this one is about to be created with."""
+    old = links.get(ipr, link.name)
+    if old is not None and (not link.kind or links.kind(old) == link.kind):
+        log.info("deleting leftover %s %s", link.kind, link.where())
+        link.replaced = links.delete(ipr, old["index"])
 
 
 def _take_device(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
@@ -545,12 +572,8 @@ def compare(att: Attachment) -> list[str]:
             if present is not None and address.address not in present:
                 problems.append(f"{address.link.where()} does not have address {address.address}")
         for route in att.routes:
-            # Any table, any device: a later plugin may move routes (sbr) or name them for
-            # another interface of the chain; what matters is that the destination is reached.
-            wanted = dataclasses.replace(route.fields(), oif=0)
-            if id(route.link) in found and addrs.find_route(sock(route.link.ns), wanted, any_table=True) is None:
-                via = f" via {route.gw}" if route.gw else ""
-                problems.append(f"route {route.dst}{via} dev {route.link.name} is missing in {route.link.ns or 'the host'}")
+            if id(route.link) in found:
+                problems += _route_differences(sock, route, found)
     for item in att.sysctls:
         if item.check:
             try:
@@ -559,7 +582,7 @@ def compare(att: Attachment) -> list[str]:
                 problems.append(str(exc))
                 continue
             if value != item.value:
-                problems.append(f"sysctl {item.path()} is {value!r}, expected {item.value!r}")
+                problems.append(f"sysctl {item.path()} is {value}, expected {item.value}")
     for rules in att.rules:
         problems += rules.differences()
     return problems
@@ -575,6 +598,29 @@ def _parent_differences(ipr: IPRoute, link: Link, msg: Any) -> list[str]:
     return []
 
 
+def _route_differences(sock: _Sockets, route: Route, found: dict[int, Any]) -> list[str]:
+    via = route.via_link_local
+    if via is not None:
+        route.gw = addrs.link_local(sock(via.ns), via.index) if id(via) in found else None
+        if route.gw is None:
+            return [f"{via.where()} has no IPv6 link-local address to route {route.dst} via"]
+    ipr = sock(route.link.ns)
+    if route.exclusive:
+        if addrs.find_route(ipr, route.fields()) is not None:
+            return []
+        owner = addrs.route_owner(ipr, route.fields())
+        if owner and owner != route.link.name:
+            return [f"route {route.dst} goes to {owner}, not {route.link.name}"]
+    else:
+        # Any table, any device: a later plugin may move routes (sbr) or name them for
+        # another interface of the chain; what matters is that the destination is reached.
+        wanted = dataclasses.replace(route.fields(), oif=0)
+        if addrs.find_route(ipr, wanted, any_table=True) is not None:
+            return []
+    gw = f" via {route.gw}" if route.gw else ""
+    return [f"route {route.dst}{gw} dev {route.link.name} is missing in {route.link.ns or 'the host'}"]
+
+
 def _link_differences(link: Link, msg: Any) -> list[str]:
     out = []
     if link.kind and links.kind(msg) != link.kind:
@@ -587,6 +633,9 @@ def _link_differences(link: Link, msg: Any) -> list[str]:
                 out.append(f"{link.where()}: {key} is {got}, expected {want}")
     if link.mac and links.mac(msg).lower() != link.mac.lower():
         out.append(f"{link.where()} has MAC {links.mac(msg)}, expected {link.mac}")
+    mtu = int(msg.get_attr("IFLA_MTU") or 0)
+    if link.check_mtu and link.mtu and mtu != link.mtu:
+        out.append(f"{link.where()} has MTU {mtu}, expected {link.mtu}")
     if link.up and not links.is_up(msg):
         out.append(f"{link.where()} is down")
     if link.promisc and not links.is_promisc(msg):

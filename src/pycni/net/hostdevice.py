@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pycni.net import addrs, links
+from pycni.net import addrs, links, netlink
 from pycni.spec.errors import CNIError, Code
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def record(ipr: IPRoute, name: str) -> DeviceState:
         up=links.is_up(msg),
         alias=str(msg.get_attr("IFLA_IFALIAS") or ""),
     )
-    for addr in ipr.get_addr(index=index):
+    for addr in netlink.link_addresses(ipr, index):
         flags = addr.get_attr("IFA_FLAGS") or addr["flags"]
         version = 4 if addr["family"] == socket.AF_INET else 6
         if addr["scope"] >= RT_SCOPE_LINK or (version == 6 and not flags & IFA_F_PERMANENT):
@@ -155,7 +155,7 @@ def record(ipr: IPRoute, name: str) -> DeviceState:
             }
         )
     for family in (socket.AF_INET, socket.AF_INET6):
-        for route in ipr.get_routes(family=family, oif=index):
+        for route in netlink.routes(ipr, family, oif=index):
             kept = _route(route, index, family)
             if kept is not None:
                 state.routes.append(kept)

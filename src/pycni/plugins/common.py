@@ -119,5 +119,5 @@ def check_prev_result(call: CmdArgs, ipam_type: str) -> Result:
     return prev
 
 
-def check_failed(plugin: str, problems: list[str]) -> CNIError:
-    return CNIError(Code.KERNEL, f"{plugin}: the container's network differs from what ADD set up: " + "; ".join(problems))
+def check_failed(plugin: str, problems: list[str], code: int = Code.KERNEL) -> CNIError:
+    return CNIError(code, f"{plugin}: the container's network differs from what ADD set up: " + "; ".join(problems))

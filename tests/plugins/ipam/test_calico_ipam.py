@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -67,3 +68,26 @@ def test_check_compares_the_handle_with_prev_result(plugin_dir: Path, tmp_path: 
     assert run_plugin(plugin_dir / "calico-ipam", "DEL", conf(tmp_path), netns=NS, container_id="chk1").returncode == 0
     gone = run_plugin(plugin_dir / "calico-ipam", "CHECK", conf(tmp_path, prevResult=add.json), netns=NS, container_id="chk1")
     assert gone.returncode == 1 and "no addresses are allocated to handle ipamnet.chk1" in gone.json["msg"]
+
+
+def test_gc_frees_stale_addresses_and_keeps_other_networks(plugin_dir: Path, tmp_path: Path) -> None:
+    """GC gives a stale container's address back to its block (legacy `cni.dev/attachments`
+    key, as libcni also sends it); another network's handles on the node are not its business."""
+    from pycni.calico.ipam import IPAM
+
+    env = {"CALICO_IPV4POOL_CIDR": unique_subnet(24)}
+    got = {}
+    for cid, c in (("keep1", conf(tmp_path)), ("stale1", conf(tmp_path)), ("mine1", conf(tmp_path, name="othernet"))):
+        out = run_plugin(plugin_dir / "calico-ipam", "ADD", c, netns=NS, container_id=cid, env=env)
+        assert out.returncode == 0, out.stdout
+        got[cid] = ipaddress.ip_interface(out.json["ips"][0]["address"]).ip
+    out = run_plugin(plugin_dir / "calico-ipam", "GC", conf(tmp_path, **{"cni.dev/attachments": [{"containerID": "keep1"}]}))
+    assert out.returncode == 0, out.stdout
+    with open_datastore(DatastoreSettings(path=str(tmp_path / "calico.db"))) as store:
+        ipam = IPAM(store)
+        assert ipam.assignment(got["stale1"]) is None
+        held = [ipam.assignment(got[c]) for c in ("keep1", "mine1")]
+        assert [h.handle_id if h else None for h in held] == ["ipamnet.keep1", "othernet.mine1"]
+        assert sum(block.in_use() for block in ipam.blocks()) == 2
+    bad = run_plugin(plugin_dir / "calico-ipam", "GC", conf(tmp_path, **{"cni.dev/valid-attachments": "keep1"}))
+    assert bad.returncode == 1 and bad.json["code"] == 7 and "cni.dev/valid-attachments" in bad.json["msg"]

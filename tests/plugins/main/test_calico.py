@@ -273,3 +273,121 @@ def test_mtu_from_file_and_route_conflict(plugin_dir: Path, make_netns: Any, tmp
             subprocess.run(["ip", "link", "del", victim], check=False)
     finally:
         run_plugin(plugin_dir / "calico", "DEL", conf, netns=a.path, container_id="mtu1")
+
+
+def test_gc_collects_leaked_endpoints_and_their_addresses(plugin_dir: Path, make_netns: Any, tmp_path: Path) -> None:
+    """A container whose DEL never came: GC (with it missing from cni.dev/valid-attachments)
+    deletes its WorkloadEndpoint and releases its addresses; valid containers, other nodes
+    and other networks keep theirs."""
+    from pycni.calico.ipam import IPAM
+
+    conf = calico_conf(tmp_path, cniVersion="1.1.0")
+    env = pool_env(unique_subnet(24))
+    runs = {
+        "keep1": conf,
+        "leak1": conf,
+        "other1": dict(conf, nodename="node2"),
+        "net1": dict(conf, name="othernet"),
+    }
+    spaces = {cid: make_netns() for cid in runs}
+    added = {}
+    try:
+        for cid, c in runs.items():
+            out = run_plugin(plugin_dir / "calico", "ADD", c, netns=spaces[cid].path, container_id=cid, env=env)
+            assert out.returncode == 0, out.stdout
+            added[cid] = ipaddress.ip_interface(out.json["ips"][0]["address"]).ip
+        valid = {"cni.dev/valid-attachments": [{"containerID": "keep1", "ifname": "eth0"}]}
+        out = run_plugin(plugin_dir / "calico", "GC", dict(conf, **valid))
+        assert out.returncode == 0, out.stdout
+        assert sorted(w["spec"]["containerID"] for w in endpoints(tmp_path)) == ["keep1", "net1", "other1"]
+        with open_datastore(DatastoreSettings(path=str(tmp_path / "calico.db"))) as store:
+            handles = sorted(kv.key.rsplit("/", 1)[1] for kv in store.list("/calico/ipam/v2/handle/"))
+            assert handles == ["k8s-pod-network.keep1", "k8s-pod-network.other1", "othernet.net1"]
+            ipam = IPAM(store)
+            assert ipam.assignment(added["leak1"]) is None
+            for cid in ("keep1", "other1", "net1"):
+                held = ipam.assignment(added[cid])
+                assert held is not None and held.handle_id.endswith(f".{cid}")
+        # GC again changes nothing; the leaked container's late DEL still succeeds.
+        assert run_plugin(plugin_dir / "calico", "GC", dict(conf, **valid)).returncode == 0
+        assert len(endpoints(tmp_path)) == 3
+    finally:
+        for cid, c in runs.items():
+            out = run_plugin(plugin_dir / "calico", "DEL", c, netns=spaces[cid].path, container_id=cid)
+            assert out.returncode == 0, out.stdout
+    assert endpoints(tmp_path) == []
+
+
+def test_check_reports_every_difference(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    conf = calico_conf(tmp_path, ipam={"type": "calico-ipam", "assign_ipv6": "true"})
+    env = pool_env(unique_subnet(24), unique_subnet6().replace("/64", "/48"))
+    cid = unique("chk", 12)
+    host_veth = "cali" + cid[:11]
+    other = unique("pcto", 12)
+    out = run_plugin(plugin_dir / "calico", "ADD", conf, netns=netns.path, container_id=cid, env=env)
+    assert out.returncode == 0, out.stdout
+    try:
+        check_conf = dict(conf, prevResult=out.json)
+        ok = run_plugin(plugin_dir / "calico", "CHECK", check_conf, netns=netns.path, container_id=cid)
+        assert ok.returncode == 0, ok.stdout
+        address = out.json["ips"][0]["address"]
+        subprocess.run(["ip", "link", "add", other, "type", "veth", "peer", "name", other + "p"], check=True)
+        subprocess.run(["ip", "link", "set", other, "up"], check=True)
+        subprocess.run(["ip", "route", "replace", address, "dev", other], check=True)
+        subprocess.run(["ip", "link", "set", host_veth, "mtu", "1400"], check=True)
+        netns.run("ip", "-6", "route", "del", "default")
+        netns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        bad = run_plugin(plugin_dir / "calico", "CHECK", check_conf, netns=netns.path, container_id=cid)
+        assert bad.returncode == 1 and bad.json["code"] == 7
+        for problem in (
+            f"route {address} goes to {other}, not {host_veth}",
+            f"{host_veth} has MTU 1400, expected 1450",
+            "route ::/0 via fe80::ecee:eeff:feee:eeee dev eth0 is missing",
+            "net/ipv4/ip_forward is 1, expected 0",
+        ):
+            assert problem in bad.json["msg"], bad.json["msg"]
+    finally:
+        subprocess.run(["ip", "link", "del", other], capture_output=True, check=False)
+        assert run_plugin(plugin_dir / "calico", "DEL", conf, netns=netns.path, container_id=cid).returncode == 0
+
+
+def test_a_leftover_host_veth_is_replaced(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    """A host veth of the same name left by an earlier sandbox (as Calico: deleted, then made anew)."""
+    conf = calico_conf(tmp_path)
+    cid = unique("old", 12)
+    host_veth = "cali" + cid[:11]
+    subprocess.run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", unique("pctp", 12)], check=True)
+    out = run_plugin(plugin_dir / "calico", "ADD", conf, netns=netns.path, container_id=cid, env=pool_env(unique_subnet(24)))
+    try:
+        assert out.returncode == 0, out.stdout
+        (host,) = json.loads(subprocess.run(["ip", "-j", "link", "show", host_veth], capture_output=True, check=True).stdout)
+        assert host["address"] == "ee:ee:ee:ee:ee:ee" and host["link_netnsid"] is not None
+        assert f"Cleaning old hostVeth: {host_veth}" in (tmp_path / "log" / "cni.log").read_text()
+    finally:
+        assert run_plugin(plugin_dir / "calico", "DEL", conf, netns=netns.path, container_id=cid).returncode == 0
+    assert subprocess.run(["ip", "link", "show", host_veth], capture_output=True, check=False).returncode != 0
+
+
+def test_ipv6_only_workload(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    """No IPv4: no 169.254.1.1 route and no IPv4 sysctls; the default route goes via the host
+    veth's link-local address, the host routes the /128 to the veth."""
+    conf = calico_conf(tmp_path, ipam={"type": "calico-ipam", "assign_ipv4": "false", "assign_ipv6": "true"})
+    cid = unique("v6", 12)
+    out = run_plugin(plugin_dir / "calico", "ADD", conf, netns=netns.path, container_id=cid,
+                     env={"CALICO_IPV6POOL_CIDR": unique_subnet6().replace("/64", "/48")})  # fmt: skip
+    assert out.returncode == 0, out.stdout
+    try:
+        (ip,) = out.json["ips"]
+        assert ip["address"].endswith("/128") and ip["gateway"] == "fe80::ecee:eeff:feee:eeee"
+        assert netns.ip_json("-4", "route", "show") == []
+        (default,) = netns.ip_json("-6", "route", "show", "default")
+        assert default["gateway"] == "fe80::ecee:eeff:feee:eeee" and default["dev"] == "eth0"
+        host_veth = "cali" + cid[:11]
+        routes = json.loads(subprocess.run(["ip", "-j", "-6", "route", "show", "dev", host_veth],
+                                           capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        assert ip["address"].split("/")[0] in [r["dst"] for r in routes]
+        assert sysctl(f"net.ipv6.conf.{host_veth}.proxy_ndp") == "1"
+        check = run_plugin(plugin_dir / "calico", "CHECK", dict(conf, prevResult=out.json), netns=netns.path, container_id=cid)
+        assert check.returncode == 0, check.stdout
+    finally:
+        assert run_plugin(plugin_dir / "calico", "DEL", conf, netns=netns.path, container_id=cid).returncode == 0

@@ -17,6 +17,7 @@ from pycni.calico.datastore import Datastore, DatastoreUnavailable, KeyNotFound
 from pycni.calico.ipam import IPAM, calico_timestamp
 from pycni.calico.model import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP, IPNetwork
 from pycni.calico.pools import Pools
+from pycni.plugins import common
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPConfig, Result
@@ -134,7 +135,7 @@ def check(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     ctx = cni.context(call, "ipam")
-    valid = cni.valid_attachments(call)
+    valid = {container for container, _ifname in common.valid_attachments(call)}  # a handle is per container
     prefix = f"{ctx.conf.name}."
     try:
         with cni.datastore(ctx) as store, cni.ipam_lock(ctx.conf.ipam_lock_file):

@@ -28,7 +28,8 @@ from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
 from pycni.calico.resources import Resource, ResourceError
-from pycni.net import netns
+from pycni.net import attachment, netns
+from pycni.plugins import common
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
@@ -89,13 +90,12 @@ def _result(ctx: cni.Context, w: dataplane.Workload, container_mac: str) -> Resu
         Interface(name=w.ifname, mac=container_mac, mtu=w.mtu, sandbox=w.netns),
         Interface(name=w.host_veth, mac=dataplane.HOST_MAC),
     ]
-    gateway6 = ipaddress.IPv6Address("fe80::ecee:eeff:feee:eeee")  # the link-local of ee:ee:ee:ee:ee:ee
     for addr in w.host_addresses:
-        gateway = dataplane.GATEWAY_V4 if addr.version == 4 else gateway6
+        gateway = dataplane.GATEWAY_V4 if addr.version == 4 else dataplane.GATEWAY_V6
         result.ips.append(IPConfig(address=addr, gateway=gateway, interface=0))
     for dst in w.routes:
         if w.has(dst.version):
-            gw = dataplane.GATEWAY_V4 if dst.version == 4 else gateway6
+            gw = dataplane.GATEWAY_V4 if dst.version == 4 else dataplane.GATEWAY_V6
             result.routes.append(Route(dst=ipaddress.ip_interface(str(dst)), gw=gw))
     return result
 
@@ -159,11 +159,17 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
     w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
     log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
+    parts = dataplane.describe(w)
     try:
-        mac = dataplane.apply(w, log)
+        attachment.apply(parts.att)
     except BaseException:
         _release(ctx)
         raise
+    if parts.host.replaced:
+        log.info("Cleaning old hostVeth: %s", host_veth)
+    mac = parts.container.actual_mac
+    log.info("Added veth %s (container %s, MAC %s) with addresses %s", host_veth, w.ifname, mac,
+             ", ".join(str(a) for a in w.host_addresses))  # fmt: skip
     obj = existing if existing is not None and ctx.ids.orchestrator == endpoints.ORCH_K8S else None
     if obj is None:
         obj = endpoints.new_endpoint(ctx.ids, ctx.ids.name())
@@ -188,7 +194,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         else:
             eps.create(obj)
     except (ResourceError, DatastoreUnavailable) as exc:
-        dataplane.remove(ctx.call.netns, ctx.call.ifname, log)
+        dataplane.remove(ctx.call.netns, ctx.call.ifname)
         _release(ctx)
         if isinstance(exc, DatastoreUnavailable):
             raise
@@ -209,9 +215,7 @@ def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: 
     if ctx.ids.orchestrator == endpoints.ORCH_K8S:
         if spec.get("containerID") != ctx.call.container_id:
             return None
-        try:
-            dataplane.check(w, spec.get("mac", ""))
-        except CNIError:
+        if attachment.compare(dataplane.describe(w, spec.get("mac", "")).att):
             return None
     profiles = list(spec.get("profiles") or [])
     if ctx.conf.name not in profiles and ctx.ids.orchestrator == endpoints.ORCH_CNI:
@@ -268,7 +272,9 @@ def check(call: CmdArgs) -> None:
     if index is not None:
         mac = prev.interfaces[index].mac
     w = _workload(ctx, ctx.conf.determine_mtu(), addresses, spec.get("interfaceName") or endpoints.host_veth_name(ctx.ids))
-    dataplane.check(w, mac or spec.get("mac", ""))
+    problems = attachment.compare(dataplane.describe(w, mac or spec.get("mac", "")).att)
+    if problems:
+        raise common.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
     delegate.check(_ipam_call(ctx), _ipam_type(ctx))
 
 
@@ -281,7 +287,8 @@ def delete(call: CmdArgs) -> None:
     name = ctx.ids.name()
     log = ctx.log.with_fields(WorkloadEndpoint=name)
     log.info("Calico CNI DEL")
-    dataplane.remove(call.netns, call.ifname, log)
+    log.info("Calico CNI deleting device in netns %s", call.netns)
+    dataplane.remove(call.netns, call.ifname)
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
@@ -316,7 +323,7 @@ def _delete_endpoint(ctx: cni.Context, eps: Endpoints, name: str, log: Any) -> N
 
 def gc(call: CmdArgs) -> None:
     ctx = cni.context(call, "cni-plugin")
-    valid = cni.valid_attachments(call)
+    valid = {container for container, _ifname in common.valid_attachments(call)}  # as calico-ipam's handles
     try:
         with cni.datastore(ctx) as store:
             eps = Endpoints(store)
