@@ -19,9 +19,11 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni import faults
 from pycni.net import netlink, netns, sysctl
 from pycni.spec.errors import CNIError, Code
 
@@ -50,6 +52,7 @@ class Workload:
     routes: list[IPNetwork] = field(default_factory=lambda: list(DEFAULT_ROUTES))
     num_queues: int = 1
     allow_ip_forwarding: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)  # the call's, for fault injection (pycni.faults)
 
     @property
     def host_addresses(self) -> list[IPInterface]:
@@ -151,6 +154,7 @@ def apply(w: Workload, log: Any = None) -> str:
             raise _kernel_error(f"failed to create veth {w.host_veth} / {w.ifname}", exc) from None
         finally:
             os.close(fd)
+        faults.checkpoint(w.env, "link-created")
         try:
             mac = _configure(w, host, log)
         except BaseException:
@@ -186,6 +190,7 @@ def _configure(w: Workload, host: Any, log: Any) -> str:
             mac = str(cont.get_links(index)[0].get_attr("IFLA_ADDRESS"))
             for addr in w.host_addresses:
                 cont.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            faults.checkpoint(w.env, "addressed")
             if w.has(4):
                 cont.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=RT_SCOPE_LINK, proto=RTPROT_BOOT)
                 for dst in (r for r in w.routes if r.version == 4):
@@ -208,6 +213,7 @@ def _configure(w: Workload, host: Any, log: Any) -> str:
                     cont.route("add", dst=str(dst6), gateway=str(gateway), oif=index, family=socket.AF_INET6, proto=RTPROT_BOOT)
             except _nl_errors() as exc:
                 raise _kernel_error(f"failed to add IPv6 route via {gateway} in {w.netns}", exc) from None
+    faults.checkpoint(w.env, "routes-added")
     sysctl.write_many(w.container_sysctls(), w.netns)
     sysctl.write_many(w.host_sysctls())
     try:
@@ -215,7 +221,9 @@ def _configure(w: Workload, host: Any, log: Any) -> str:
     except CNIError as exc:  # IPv6 disabled on the host: not needed then
         if log is not None:
             log.warning("failed to set net.ipv6.conf.%s.accept_ra=0: %s", w.host_veth, exc)
+    faults.checkpoint(w.env, "sysctls-written")
     _add_host_routes(w, host, host_index)
+    faults.checkpoint(w.env, "host-routes-added")
     if log is not None:
         log.info("Added veth %s (container %s, MAC %s) with addresses %s", w.host_veth, w.ifname, mac,
                  ", ".join(str(a) for a in w.host_addresses))  # fmt: skip
@@ -342,7 +350,7 @@ def _routes(ipr: Any, index: int) -> set[tuple[IPNetwork, Any, int]]:
 # -- DEL ---------------------------------------------------------------------------
 
 
-def remove(netns_path: str, ifname: str, log: Any = None) -> None:
+def remove(netns_path: str, ifname: str, log: Any = None, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
     """Delete the container's interface (its veth peer and host routes go with it).
 
     A missing namespace or interface is success. The host veth is not looked up by
@@ -357,6 +365,7 @@ def remove(netns_path: str, ifname: str, log: Any = None) -> None:
                     log.info("Workload's veth was already gone.  Nothing to do.")
                 return
             cont.link("del", index=link["index"])
+            faults.checkpoint(env, "link-removed")
     except netns.NetNSNotFound:
         if log is not None:
             log.info("Workload's netns already gone.  Nothing to do.")

@@ -97,7 +97,7 @@ def add(call: CmdArgs) -> Result:
 
 
 def release(ctx: cni.Context, store: Datastore) -> None:
-    ipam = IPAM(store, log=ctx.log)
+    ipam = IPAM(store, env=ctx.call.env, log=ctx.log)
     for handle in (ctx.handle_id, ctx.ids.legacy_workload_id()):
         try:
             ipam.release_by_handle(handle)

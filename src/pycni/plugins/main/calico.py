@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
+from pycni import faults
 from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
@@ -79,6 +80,7 @@ def _workload(ctx: cni.Context, mtu: int, addresses: list[IPInterface], host_vet
         routes=_container_routes(ctx),
         num_queues=ctx.conf.num_queues,
         allow_ip_forwarding=ctx.conf.allow_ip_forwarding,
+        env=ctx.call.env,
     )
 
 
@@ -193,6 +195,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
+    faults.checkpoint(ctx.call.env, "endpoint-written")
     log.info("Wrote endpoint to datastore")
     return _result(ctx, w, mac)
 
@@ -281,10 +284,11 @@ def delete(call: CmdArgs) -> None:
     name = ctx.ids.name()
     log = ctx.log.with_fields(WorkloadEndpoint=name)
     log.info("Calico CNI DEL")
-    dataplane.remove(call.netns, call.ifname, log)
+    dataplane.remove(call.netns, call.ifname, log, call.env)
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
+        faults.checkpoint(call.env, "endpoint-deleted")
     except DatastoreUnavailable:
         cni.record(ctx, cni.datastore_identity(ctx.conf), [], (ctx.ids.namespace, name))
     log.info("Releasing IP address(es)")

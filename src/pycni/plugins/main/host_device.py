@@ -20,6 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from pycni import faults
 from pycni.net import attachment, hostdevice, links, netlink, netns
 from pycni.net.attachment import Attachment, Link
 from pycni.net.hostdevice import DeviceState
@@ -99,6 +100,7 @@ def save(call: CmdArgs, state: DeviceState) -> str:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh, indent=1)
+    faults.checkpoint(call.env, "device-record-tmp")
     os.replace(tmp, path)
     return path
 
@@ -149,6 +151,7 @@ def add(call: CmdArgs) -> Result:
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)
+    faults.checkpoint(call.env, "device-recorded")
     try:
         return underlay.add(call, plan(call, state.device, conf.ipam_type))
     except BaseException:
@@ -175,6 +178,7 @@ def delete(call: CmdArgs) -> None:
     lent = load(call)
     device = lent.state.device if lent else conf.device or _alias_in_container(call) or call.ifname
     underlay.delete(call, plan(call, device, conf.ipam_type))
+    faults.checkpoint(call.env, "device-returned")
     if lent is not None:
         give_back(lent.state)
         forget(lent.path)

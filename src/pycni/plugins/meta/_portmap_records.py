@@ -16,8 +16,11 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pycni import faults
 
 log = logging.getLogger("pycni.plugin.portmap")
 
@@ -87,12 +90,13 @@ def read(network: str, container_id: str, ifname: str) -> Record | None:
     return _load(path(network, container_id, ifname))
 
 
-def write(record: Record) -> None:
+def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
     file = path(record.network, record.container_id, record.ifname)
     os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
     tmp = f"{file}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
         json.dump(record.to_dict(), fh, indent=1)
+    faults.checkpoint(env, "portmap-record-tmp")
     os.replace(tmp, file)
 
 

@@ -20,9 +20,11 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni import faults
 from pycni.net import netlink, netns, sysctl
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
@@ -122,11 +124,12 @@ def record_path(data_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(data_dir, f"{container_id}_{ifname}.json")
 
 
-def _write_record(path: str, record: dict[str, Any]) -> None:
+def _write_record(path: str, record: dict[str, Any], env: Mapping[str, str]) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
         json.dump(record, fh, indent=1)
+    faults.checkpoint(env, "tuning-record-tmp")
     os.replace(tmp, path)
 
 
@@ -216,11 +219,13 @@ def add(call: CmdArgs) -> Result:
     wrote_record = False
     if conf.changes_link or paths:
         record.update(network=call.conf.name, containerID=call.container_id, ifname=call.ifname)
-        _write_record(path, record)
+        _write_record(path, record, call.env)
         wrote_record = True
+        faults.checkpoint(call.env, "tuning-record-written")
     try:
         if paths:
             sysctl.write_many(sorted(paths.items()), call.netns)
+            faults.checkpoint(call.env, "tuning-sysctls-written")
         with netlink.route(call.netns) as ipr:
             index = int(_link(ipr, call.ifname)["index"])
             changes: dict[str, Any] = {
@@ -231,6 +236,7 @@ def add(call: CmdArgs) -> Result:
                 "txQLen": conf.txqlen,
             }
             _apply_link(ipr, index, changes)
+        faults.checkpoint(call.env, "tuning-link-set")
     except BaseException:
         if wrote_record:
             try:
@@ -287,6 +293,7 @@ def delete(call: CmdArgs) -> None:
             _restore(call, record)
         except CNIError as err:
             log.warning("could not restore %s of %s: %s", call.ifname, call.container_id, err)
+        faults.checkpoint(call.env, "tuning-restored")
     try:
         os.unlink(path)
     except FileNotFoundError:

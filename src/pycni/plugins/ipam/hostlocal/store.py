@@ -13,8 +13,10 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pycni import faults
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
 
@@ -41,9 +43,10 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 class Store:
     """The directory of one network, locked while open (`with Store(...) as store:`)."""
 
-    def __init__(self, data_dir: str, network: str) -> None:
+    def __init__(self, data_dir: str, network: str, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
         self.dir = os.path.join(data_dir, network)
         self._lock_fd = -1
+        self._env = env  # the call's environment, for fault injection (pycni.faults)
 
     def __enter__(self) -> Store:
         try:
@@ -76,6 +79,7 @@ class Store:
             return False
         except OSError as exc:
             raise _io_error(f"cannot reserve {ip}", exc) from None
+        faults.checkpoint(self._env, "address-file-created")
         try:
             with os.fdopen(fd, "w", newline="") as fh:
                 fh.write(container_id.strip() + LINE_BREAK + ifname)
@@ -143,6 +147,7 @@ class Store:
         chosen = exact or [ip for ip, h in allocations.items() if h.ifname is None and h.matches(container_id, ifname)]
         for ip in chosen:
             self.release(ip)
+            faults.checkpoint(self._env, "address-released")
         return chosen
 
     @staticmethod
