@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pycni import faults, launcher
-from pycni.runtime import CNIConfig, RuntimeConf
+from pycni.runtime import CNIConfig, GCArgs, RuntimeConf
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.errors import CNIError
 
@@ -151,6 +151,8 @@ class Chain:
     prepare: Callable[[Attachment], None] | None = None
     release: Callable[[Attachment], None] | None = None
     teardown: list[Callable[[], None]] = field(default_factory=list)
+    residents: list[Attachment] = field(default_factory=list)
+    lends_devices: bool = False  # host-device: GC takes the device back from a container that stays
     ports: int = field(default_factory=lambda: 20000 + random.randrange(30000))
 
     def caps(self, att: Attachment) -> dict[str, Any]:
@@ -252,21 +254,21 @@ def bridge_chain(lab: Lab, root: Path, meta: tuple[str, ...] = ("portmap", "band
     return chain
 
 
-def ptp_chain(lab: Lab, root: Path, meta: tuple[str, ...] = ()) -> Chain:
+def ptp_chain(lab: Lab, root: Path, meta: tuple[str, ...] = (), dual: bool = True) -> Chain:
     """ptp (ipMasq) + host-local (dual-stack), then the meta plugins."""
     network = unique("pct-fp-", 20)
-    main = {"type": "ptp", "ipMasq": True, "mtu": 1400, "ipam": _host_local(root, network)}
+    main = {"type": "ptp", "ipMasq": True, "mtu": 1400, "ipam": _host_local(root, network, dual)}
     conf = {"cniVersion": "1.1.0", "name": network, "plugins": [main, *_meta(root, network, *meta)]}
     return Chain("ptp", network, conf, _places(lab, root, network), capabilities=_caps(*meta))
 
 
-def macvlan_chain(lab: Lab, root: Path, meta: tuple[str, ...] = ()) -> Chain:
+def macvlan_chain(lab: Lab, root: Path, meta: tuple[str, ...] = (), dual: bool = True) -> Chain:
     """macvlan (bridge mode, on a veth of the host) + host-local (dual-stack)."""
     network, master, peer = unique("pct-fm-", 20), unique("pctm"), unique("pctm")
     _sh("ip", "link", "add", master, "type", "veth", "peer", "name", peer)
     _sh("ip", "link", "set", master, "up")
     _sh("ip", "link", "set", peer, "up")
-    main = {"type": "macvlan", "master": master, "mode": "bridge", "ipam": _host_local(root, network)}
+    main = {"type": "macvlan", "master": master, "mode": "bridge", "ipam": _host_local(root, network, dual)}
     conf = {"cniVersion": "1.1.0", "name": network, "plugins": [main, *_meta(root, network, *meta)]}
     chain = Chain("macvlan", network, conf, _places(lab, root, network), capabilities=_caps(*meta))
     chain.teardown.append(lambda: _delete_link(master))
@@ -319,6 +321,7 @@ def host_device_chain(lab: Lab, root: Path) -> Chain:
         per_attachment=per_attachment,
         prepare=prepare,
         release=release,
+        lends_devices=True,
     )
 
 
@@ -380,7 +383,8 @@ class Case:
     command: str
     point: str
     agent: bool  # the injected call went to the agent
-    del_via_agent: bool  # the cleanup DEL went to the agent (restarted if the fault killed it)
+    del_via_agent: bool  # the cleanup went to the agent (restarted if the fault killed it)
+    cleanup: str = "DEL"  # or GC
     killed: bool = False
     agent_killed: bool = False
     error: str = ""  # how the injected call failed, as the runtime saw it
@@ -389,14 +393,27 @@ class Case:
 
     def describe(self) -> str:
         via = "agent" if self.agent else "process"
-        return f"{self.chain} {self.command} kill at {self.point} ({via}; DEL via {'agent' if self.del_via_agent else 'process'})"
+        return (
+            f"{self.chain} {self.command} kill at {self.point} "
+            f"({via}; {self.cleanup} via {'agent' if self.del_via_agent else 'process'})"
+        )
 
 
 def crash_case(
-    lab: Lab, chain: Chain, point: str, command: str = "ADD", agent: bool = False, del_via_agent: bool = False
+    lab: Lab,
+    chain: Chain,
+    point: str,
+    command: str = "ADD",
+    agent: bool = False,
+    del_via_agent: bool = False,
+    cleanup: str = "DEL",
 ) -> Case:
-    """Kill `command` at `point`, clean up as a runtime does, and compare the host before and after."""
-    case = Case(chain.kind, command, point, agent, del_via_agent)
+    """Kill `command` at `point`, clean up as a runtime does, and compare the host before and after.
+
+    `cleanup` is "DEL", or "GC": the container goes away without a DEL (its namespace is
+    deleted, unless the chain lends it a device) and the runtime's GC (`pycni gc`) runs, with
+    the chain's resident containers as the valid ones."""
+    case = Case(chain.kind, command, point, agent, del_via_agent, cleanup)
     started = time.monotonic()
     att = chain.new_attachment()
     trace = lab.root / f"trace-{att.container_id}"
@@ -424,16 +441,28 @@ def crash_case(
             case.problems.append(f"wedged: {case.error}")
         if del_via_agent:
             lab.agent.ensure()  # the restarted agent serves the cleanup
-        try:
-            delete(lab, att, del_via_agent)
-        except CNIError as err:
-            case.problems.append(f"DEL after the crash failed: code {err.code}: {err.msg}")
+        if cleanup == "GC":
+            case.problems += collect(lab, chain, att, del_via_agent)
+        else:
+            try:
+                delete(lab, att, del_via_agent)
+            except CNIError as err:
+                case.problems.append(f"DEL after the crash failed: code {err.code}: {err.msg}")
         case.problems += hoststate.difference(before, hoststate.take(places))
     finally:
         chain.discard(att)
         trace.unlink(missing_ok=True)
         case.seconds = time.monotonic() - started
     return case
+
+
+def collect(lab: Lab, chain: Chain, att: Attachment, agent: bool) -> list[str]:
+    """The container is gone without a DEL; the runtime's GC runs (the residents are valid)."""
+    if not chain.lends_devices:
+        subprocess.run(["ip", "netns", "del", att.ns.name], capture_output=True, check=False)
+    valid = [(r.container_id, r.ifname) for r in chain.residents]
+    errors = lab.runtime(lab.env(chain, agent)).gc_network_list(att.net(), GCArgs(valid_attachments=valid))
+    return [f"GC failed: code {err.code}: {err.msg}" for err in errors]
 
 
 @contextlib.contextmanager
@@ -443,9 +472,12 @@ def resident(lab: Lab, chain: Chain) -> Any:
     att = chain.new_attachment()
     try:
         add(lab, att)
+        chain.residents.append(att)
         yield att
     finally:
         try:
             delete(lab, att)
         finally:
             chain.discard(att)
+            if att in chain.residents:
+                chain.residents.remove(att)

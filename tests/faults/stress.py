@@ -5,10 +5,11 @@
 Every chain of `lab.BUILDERS` is set up once (with a resident container), and the fault
 points each passes through in ADD and in DEL are found by tracing one call. Then, each
 iteration picks a chain, ADD (4 in 5) or DEL, one of its points (or none, 1 in 20), whether
-the call goes to the agent and whether the cleanup DEL does (each 1 in 2), and runs the case
-(`lab.crash_case`). What is printed: the iterations, the kills per point (in a plugin process
-and in the agent), the agent restarts, and every case that left something behind, wedged or
-failed its cleanup. The exit status is 1 if there was any.
+the call goes to the agent and whether the cleanup does (each 1 in 2), and the cleanup: the
+runtime's DEL, or (1 in 6) the container going away without one and the runtime's GC; and
+runs the case (`lab.crash_case`). What is printed: the iterations, the kills per point (in a
+plugin process and in the agent), the agent starts, and every case that left something
+behind, wedged or failed its cleanup. The exit status is 1 if there was any.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from . import lab as L
 
 ADD_SHARE = 0.8
 NO_FAULT_SHARE = 0.05
+GC_SHARE = 1 / 6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             command = "ADD" if rng.random() < ADD_SHARE else "DEL"
             point = "none#1" if rng.random() < NO_FAULT_SHARE else rng.choice(points[command])
             agent, del_via_agent = rng.random() < 0.5, rng.random() < 0.5
+            cleanup = "GC" if rng.random() < GC_SHARE else "DEL"
             try:
-                case = L.crash_case(lab, chain, point, command, agent, del_via_agent)
+                case = L.crash_case(lab, chain, point, command, agent, del_via_agent, cleanup)
             except Exception:  # noqa: BLE001 - a harness error is reported with the others
                 failed.append(f"#{i} {chain.kind} {command} {point}: harness error\n{traceback.format_exc()}")
                 continue
-            per_chain[f"{chain.kind} {command}"] += 1
+            per_chain[f"{chain.kind} {command}, {cleanup}"] += 1
             if case.killed:
                 kills[f"{command} {point} ({'agent' if case.agent_killed else 'process'})"] += 1
             if case.problems:

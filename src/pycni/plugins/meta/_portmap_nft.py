@@ -453,7 +453,9 @@ def delete(
     if entries:
         _delete_owned(entries, tag, "portmap DEL")
         faults.checkpoint(env, "portmap-rules-deleted")
-    if record is not None and records.remove(network, container_id, ifname):
+    # Also without a record: a write of it that was killed left a temporary file, which kept
+    # the network's directory (and so its chains) when its last record went.
+    if records.remove(network, container_id, ifname):
         remove_networks(network)  # its last attachment is gone
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni import faults
+from pycni.plugins import common
 
 log = logging.getLogger("pycni.plugin.portmap")
 
@@ -91,21 +92,13 @@ def read(network: str, container_id: str, ifname: str) -> Record | None:
 
 
 def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
-    file = path(record.network, record.container_id, record.ifname)
-    os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
-    tmp = f"{file}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record.to_dict(), fh, indent=1)
-    faults.checkpoint(env, "portmap-record-tmp")
-    os.replace(tmp, file)
+    common.write_record(path(record.network, record.container_id, record.ifname), record.to_dict(), env, "portmap-record-tmp")
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:
-    """Drop the record; True when it was the network's last one (its directory is gone too)."""
-    try:
-        os.unlink(path(network, container_id, ifname))
-    except FileNotFoundError:
-        pass
+    """Drop the record (and what a killed write of it left); True when it was the network's
+    last one (its directory is gone too)."""
+    common.remove_record(path(network, container_id, ifname))
     return remove_network_dir(network)
 
 
@@ -130,7 +123,7 @@ def remove_leftovers(network: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if ".tmp-" in name:
+        if common.is_partial_record(name):
             try:
                 os.unlink(os.path.join(network_dir(network), name))
             except FileNotFoundError:
