@@ -41,6 +41,9 @@ def test_nothing_is_left_after_a_kill_at_any_point(name: str, lab: L.Lab) -> Non
                     cases.append(L.crash_case(lab, chain, point, command, agent, del_via_agent))
     finally:
         chain.close()
+    adds = sum(case.command == "ADD" for case in cases)
+    agent_kills = sum(case.agent_killed for case in cases)
+    print(f"{name}: {len(cases)} cases ({adds} ADD, {len(cases) - adds} DEL), {agent_kills} of them killed the agent")
     problems = [f"{case.describe()}: {'; '.join(case.problems)}" for case in cases if case.problems]
     assert not problems, "\n".join(problems)
     assert all(case.killed for case in cases), [case.describe() for case in cases if not case.killed]
