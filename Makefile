@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench stress clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,11 @@ test: setup
 # Benchmarks against the Go reference plugins (minutes; not part of `make test`).
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The long randomized crash test (tests/faults/stress.py: ~25 minutes; not part of `make test`).
+STRESS_ARGS ?= --iterations 1000
+stress: setup
+	scripts/in-netns.sh $(PY) -m tests.faults.stress $(STRESS_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

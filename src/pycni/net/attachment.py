@@ -67,11 +67,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pycni import faults
 from pycni.net import addrs, links, netlink, netns, sysctl
 from pycni.net.addrs import IPInterface, RouteFields
 from pycni.spec.errors import CNIError, Code
@@ -231,12 +232,15 @@ def _sockets() -> Iterator[_Sockets]:
 # -- ADD -------------------------------------------------------------------------
 
 
-def apply(att: Attachment) -> None:
-    """Create and configure everything; on failure undo what this call created and raise."""
+def apply(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+    """Create and configure everything; on failure undo what this call created and raise.
+    `env` is the call's environment: a fault-injection test may kill the call between
+    two steps (`pycni.faults`: link-created, sysctls-written, addressed, routes-added,
+    rules-applied)."""
     undo: list[Callable[[], None]] = []
     with _sockets() as sock:
         try:
-            _apply(att, sock, undo)
+            _apply(att, sock, undo, env)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -246,7 +250,7 @@ def apply(att: Attachment) -> None:
             raise
 
 
-def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> None:
+def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env: Mapping[str, str]) -> None:
     for link in att.links:
         if link.shared and link.name:
             _ensure_shared(sock, link)
@@ -255,12 +259,17 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> N
         if not link.shared and not link.index and id(link) not in created:
             _create(sock, link, undo)
             created.update({id(link), id(link.peer)})
+            faults.checkpoint(env, "link-created")
     _write_sysctls(att.sysctls)
+    if att.sysctls:  # a step that did nothing is no boundary
+        faults.checkpoint(env, "sysctls-written")
     for link in att.links:
         if link.index:  # a shared link's peer that was there already is left alone
             _configure(sock(link.ns), link)
     for address in att.addresses:
         _add_address(sock(address.link.ns), address, undo)
+    if att.addresses:
+        faults.checkpoint(env, "addressed")
     for link in att.links:
         if link.pin_mac:
             _pin_mac(sock(link.ns), link)
@@ -274,6 +283,8 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> N
         addrs.add_route(sock(route.link.ns), route.fields(), route.link.name, route.exclusive)
         if not route.shared and route.link.shared:
             undo.append(_undo(_delete_route, sock, route))
+    if att.routes:
+        faults.checkpoint(env, "routes-added")
     for link in att.links:
         if not link.index:
             continue
@@ -287,6 +298,7 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> N
     for rules in att.rules:
         rules.apply()
         undo.append(rules.remove)
+        faults.checkpoint(env, "rules-applied")
 
 
 def _lookup(ipr: IPRoute, link: Link) -> Any:
@@ -650,8 +662,9 @@ def _link_differences(link: Link, msg: Any) -> list[str]:
 # -- DEL -------------------------------------------------------------------------
 
 
-def remove(att: Attachment) -> None:
-    """Delete what the attachment owns; what is already gone is fine."""
+def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+    """Delete what the attachment owns; what is already gone is fine. A fault-injection
+    test may kill the call after a link or a rule set is removed (`env`, as for `apply`)."""
     with _sockets() as sock:
         gone: set[int] = set()
         for link in att.links:
@@ -671,6 +684,7 @@ def remove(att: Attachment) -> None:
                 continue
             links.delete(ipr, msg["index"])
             gone.update({id(link), id(link.peer)})
+            faults.checkpoint(env, "link-removed")
         for address in att.addresses:
             if address.link.shared and not address.shared:
                 msg = links.get(sock(address.link.ns), address.link.name)
@@ -684,3 +698,4 @@ def remove(att: Attachment) -> None:
                     addrs.delete_route(sock(route.link.ns), route.fields())
     for rules in att.rules:
         rules.remove()
+        faults.checkpoint(env, "rules-removed")

@@ -1,12 +1,15 @@
 """Pieces several plugins share: IPAM delegation with rollback, GC's valid attachments,
-DNS and MAC from the configuration, prevResult lookups for CHECK."""
+DNS and MAC from the configuration, prevResult lookups for CHECK, records of an attachment."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+from pycni import faults
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import DNS, Result
@@ -121,3 +124,43 @@ def check_prev_result(call: CmdArgs, ipam_type: str) -> Result:
 
 def check_failed(plugin: str, problems: list[str], code: int = Code.KERNEL) -> CNIError:
     return CNIError(code, f"{plugin}: the container's network differs from what ADD set up: " + "; ".join(problems))
+
+
+# -- records: what an attachment changed, kept in a JSON file of its own -----------------------
+
+PARTIAL = ".tmp"  # a record being written; left behind only by a killed process
+
+
+def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS, point: str = "") -> None:
+    """Write `body` as JSON to `path` atomically: to `<path>.tmp`, then renamed over it.
+
+    The temporary name is the attachment's own (calls for one attachment never run at the
+    same time), so a DEL after a killed write finds it without listing the directory
+    (`remove_record`). `point` names the fault-injection point between the two steps."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    partial = path + PARTIAL
+    # A name planted there (a symlink to a file elsewhere) is removed, never written through.
+    try:
+        os.unlink(partial)
+    except FileNotFoundError:
+        pass
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh, indent=1)
+    if point:
+        faults.checkpoint(env, point)
+    os.replace(partial, path)
+
+
+def remove_record(path: str) -> None:
+    """Remove a record and what a killed write of it left; what is missing is fine."""
+    for name in (path, path + PARTIAL):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
+def is_partial_record(name: str) -> bool:
+    """A temporary file of a write that never finished (this version's, or an older one's)."""
+    return name.endswith(PARTIAL) or ".tmp-" in name

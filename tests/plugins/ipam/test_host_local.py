@@ -276,3 +276,22 @@ def test_check_dual_stack(tmp_path: Path) -> None:
     cfg = conf(tmp_path, ranges=[[{"subnet": unique_subnet()}], [{"subnet": unique_subnet6()}]])
     result = call("ADD", cfg)
     assert call("CHECK", dict(cfg, prevResult=result)) is None
+
+
+def test_an_address_file_always_names_its_holder(tmp_path: Path) -> None:
+    """The holder goes to `.reserving`, which is then linked under the address's name: a process
+    killed in between leaves no empty address file (one no DEL could give back), and what it
+    left is removed by the next call that opens the store, Go's host-local ignores it."""
+    subnet = unique_subnet()
+    store = tmp_path / "pctnet"
+    store.mkdir()
+    (store / ".reserving").write_bytes(b"killed\r\neth0")  # a reservation killed before its link
+    assert call("ADD", conf(tmp_path, subnet=subnet))["ips"][0]["address"] == f"{nth(subnet, 2)}/24"
+    assert files(store) == {nth(subnet, 2): b"c1\r\neth0", "last_reserved_ip.0": nth(subnet, 2).encode()}
+    os.link(store / nth(subnet, 2), store / ".reserving")  # killed after the link: the address is taken
+    assert call("ADD", conf(tmp_path, subnet=subnet), container="c2")["ips"][0]["address"] == f"{nth(subnet, 3)}/24"
+    assert (store / nth(subnet, 2)).read_bytes() == b"c1\r\neth0"  # never truncated through the old name
+    assert ".reserving" not in files(store)
+    call("DEL", conf(tmp_path, subnet=subnet))
+    call("DEL", conf(tmp_path, subnet=subnet), container="c2")
+    assert set(files(store)) == {"last_reserved_ip.0"}

@@ -15,7 +15,7 @@ import ipaddress
 from pycni.calico import cni
 from pycni.calico.datastore import Datastore, DatastoreUnavailable, KeyNotFound
 from pycni.calico.ipam import IPAM, calico_timestamp
-from pycni.calico.model import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP, IPNetwork
+from pycni.calico.model import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP, AllocationBlock, IPNetwork
 from pycni.calico.pools import Pools
 from pycni.plugins import common
 from pycni.skel import CmdArgs
@@ -98,7 +98,7 @@ def add(call: CmdArgs) -> Result:
 
 
 def release(ctx: cni.Context, store: Datastore) -> None:
-    ipam = IPAM(store, log=ctx.log)
+    ipam = IPAM(store, env=ctx.call.env, log=ctx.log)
     for handle in (ctx.handle_id, ctx.ids.legacy_workload_id()):
         try:
             ipam.release_by_handle(handle)
@@ -140,12 +140,14 @@ def gc(call: CmdArgs) -> None:
     try:
         with cni.datastore(ctx) as store, cni.ipam_lock(ctx.conf.ipam_lock_file):
             ipam = IPAM(store, log=ctx.log)
+            blocks = ipam.blocks()
             mine = {
                 attr.handle_id
-                for block in ipam.blocks()
+                for block in blocks
                 for _, attr in block.allocated()
                 if attr.handle_id and attr.secondary.get("node") == ctx.nodename
             }
+            mine |= _orphan_handles(ipam, blocks, prefix, ctx.nodename)
             for handle in sorted(mine):
                 container = handle[len(prefix) :] if handle.startswith(prefix) else ""
                 if container and "." not in container and container not in valid:
@@ -156,6 +158,21 @@ def gc(call: CmdArgs) -> None:
                         pass
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
+
+
+def _orphan_handles(ipam: IPAM, blocks: list[AllocationBlock], prefix: str, node: str) -> set[str]:
+    """The network's handles no address refers to, in blocks of this node: what an ADD killed
+    between writing its handle and its block leaves (its DEL drops it; GC must, when no DEL
+    comes). A handle of another node's ADD points at that node's blocks."""
+    referenced = {attr.handle_id for block in blocks for _, attr in block.allocated()}
+    affinity = {str(block.cidr): block.affinity for block in blocks}
+    return {
+        handle_id
+        for handle_id, (handle, _kv) in ipam.handles().items()
+        if handle_id.startswith(prefix)
+        and handle_id not in referenced
+        and all(affinity.get(cidr) in (None, f"host:{node}") for cidr in handle.block)
+    }
 
 
 def status(call: CmdArgs) -> None:

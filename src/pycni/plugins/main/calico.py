@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
+from pycni import faults
 from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
@@ -80,6 +81,7 @@ def _workload(ctx: cni.Context, mtu: int, addresses: list[IPInterface], host_vet
         routes=_container_routes(ctx),
         num_queues=ctx.conf.num_queues,
         allow_ip_forwarding=ctx.conf.allow_ip_forwarding,
+        env=ctx.call.env,
     )
 
 
@@ -161,7 +163,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
     parts = dataplane.describe(w)
     try:
-        attachment.apply(parts.att)
+        attachment.apply(parts.att, ctx.call.env)
     except BaseException:
         _release(ctx)
         raise
@@ -194,11 +196,12 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         else:
             eps.create(obj)
     except (ResourceError, DatastoreUnavailable) as exc:
-        dataplane.remove(ctx.call.netns, ctx.call.ifname)
+        dataplane.remove(ctx.call.netns, ctx.call.ifname, ctx.call.env)
         _release(ctx)
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
+    faults.checkpoint(ctx.call.env, "endpoint-written")
     log.info("Wrote endpoint to datastore")
     return _result(ctx, w, mac)
 
@@ -288,10 +291,11 @@ def delete(call: CmdArgs) -> None:
     log = ctx.log.with_fields(WorkloadEndpoint=name)
     log.info("Calico CNI DEL")
     log.info("Calico CNI deleting device in netns %s", call.netns)
-    dataplane.remove(call.netns, call.ifname)
+    dataplane.remove(call.netns, call.ifname, call.env)
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
+        faults.checkpoint(call.env, "endpoint-deleted")
     except DatastoreUnavailable:
         cni.record(ctx, cni.datastore_identity(ctx.conf), [], (ctx.ids.namespace, name))
     log.info("Releasing IP address(es)")

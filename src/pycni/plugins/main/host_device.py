@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
+from pycni import faults
 from pycni.net import attachment, hostdevice, links, netlink, netns
 from pycni.net.attachment import Attachment, Link
 from pycni.net.hostdevice import DeviceState
@@ -94,12 +94,8 @@ def _record_path(network: str, container_id: str, ifname: str) -> str:
 
 def save(call: CmdArgs, state: DeviceState) -> str:
     path = _record_path(call.conf.name, call.container_id, call.ifname)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     body = {"containerID": call.container_id, "ifname": call.ifname, "netns": call.netns, "host": state.to_dict()}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(body, fh, indent=1)
-    os.replace(tmp, path)
+    common.write_record(path, body, call.env, "device-record-tmp")
     return path
 
 
@@ -117,19 +113,18 @@ def load(call: CmdArgs) -> Lent | None:
 
 
 def records(network: str) -> list[Lent]:
+    """The network's records; also those a killed ADD left half written (GC runs alone: no
+    write is in progress), which name the device as well as the finished ones do."""
     directory = os.path.join(STATE_DIR, network)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") or common.is_partial_record(n))
     except FileNotFoundError:
         return []
     return [lent for lent in (_read(os.path.join(directory, n)) for n in names) if lent is not None]
 
 
 def forget(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    common.remove_record(path.removesuffix(common.PARTIAL))
 
 
 def give_back(state: DeviceState) -> bool:
@@ -149,6 +144,7 @@ def add(call: CmdArgs) -> Result:
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)
+    faults.checkpoint(call.env, "device-recorded")
     try:
         return underlay.add(call, plan(call, state.device, conf.ipam_type))
     except BaseException:
@@ -175,9 +171,10 @@ def delete(call: CmdArgs) -> None:
     lent = load(call)
     device = lent.state.device if lent else conf.device or _alias_in_container(call) or call.ifname
     underlay.delete(call, plan(call, device, conf.ipam_type))
+    faults.checkpoint(call.env, "device-returned")
     if lent is not None:
         give_back(lent.state)
-        forget(lent.path)
+    forget(_record_path(call.conf.name, call.container_id, call.ifname))  # and what a killed write left
 
 
 def _alias_in_container(call: CmdArgs) -> str:

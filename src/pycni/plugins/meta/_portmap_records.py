@@ -16,8 +16,12 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pycni import faults
+from pycni.plugins import common
 
 log = logging.getLogger("pycni.plugin.portmap")
 
@@ -87,21 +91,14 @@ def read(network: str, container_id: str, ifname: str) -> Record | None:
     return _load(path(network, container_id, ifname))
 
 
-def write(record: Record) -> None:
-    file = path(record.network, record.container_id, record.ifname)
-    os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
-    tmp = f"{file}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record.to_dict(), fh, indent=1)
-    os.replace(tmp, file)
+def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+    common.write_record(path(record.network, record.container_id, record.ifname), record.to_dict(), env, "portmap-record-tmp")
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:
-    """Drop the record; True when it was the network's last one (its directory is gone too)."""
-    try:
-        os.unlink(path(network, container_id, ifname))
-    except FileNotFoundError:
-        pass
+    """Drop the record (and what a killed write of it left); True when it was the network's
+    last one (its directory is gone too)."""
+    common.remove_record(path(network, container_id, ifname))
     return remove_network_dir(network)
 
 
@@ -126,7 +123,7 @@ def remove_leftovers(network: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if ".tmp-" in name:
+        if common.is_partial_record(name):
             try:
                 os.unlink(os.path.join(network_dir(network), name))
             except FileNotFoundError:

@@ -29,6 +29,7 @@ import logging
 import subprocess
 from typing import Any
 
+from pycni import faults
 from pycni.net import nft
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
@@ -257,6 +258,7 @@ def add(call: CmdArgs) -> Result:
             cmds.append(f'add element bridge {TABLE} isolated_ports {{ "{port}" comment "{tag}" }}')
     with _chained.host_lock(LOCK):
         nft.run_text("\n".join(cmds), "firewall ADD")
+        faults.checkpoint(call.env, "firewall-rules-added")
         try:
             _ensure_host_accept(mark)
         except BaseException:

@@ -23,7 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni import faults
 from pycni.net import netlink, netns, sysctl
+from pycni.plugins import common
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
 from pycni.spec.config import Fields
@@ -122,14 +124,6 @@ def record_path(data_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(data_dir, f"{container_id}_{ifname}.json")
 
 
-def _write_record(path: str, record: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=1)
-    os.replace(tmp, path)
-
-
 def _read_record(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as fh:
@@ -216,11 +210,13 @@ def add(call: CmdArgs) -> Result:
     wrote_record = False
     if conf.changes_link or paths:
         record.update(network=call.conf.name, containerID=call.container_id, ifname=call.ifname)
-        _write_record(path, record)
+        common.write_record(path, record, call.env, "tuning-record-tmp")
         wrote_record = True
+        faults.checkpoint(call.env, "tuning-record-written")
     try:
         if paths:
             sysctl.write_many(sorted(paths.items()), call.netns)
+            faults.checkpoint(call.env, "tuning-sysctls-written")
         with netlink.route(call.netns) as ipr:
             index = int(_link(ipr, call.ifname)["index"])
             changes: dict[str, Any] = {
@@ -231,12 +227,13 @@ def add(call: CmdArgs) -> Result:
                 "txQLen": conf.txqlen,
             }
             _apply_link(ipr, index, changes)
+        faults.checkpoint(call.env, "tuning-link-set")
     except BaseException:
         if wrote_record:
             try:
                 _restore(call, record)
             finally:
-                os.unlink(path)
+                common.remove_record(path)
         raise
     result = prev.copy()
     if conf.mac:
@@ -281,20 +278,20 @@ def delete(call: CmdArgs) -> None:
     path = record_path(data_dir, call.container_id, call.ifname)
     record = _read_record(path)
     if record is None:
+        common.remove_record(path)  # what a killed write of it may have left
         return
     if record and call.netns and netns.exists(call.netns):
         try:
             _restore(call, record)
         except CNIError as err:
             log.warning("could not restore %s of %s: %s", call.ifname, call.container_id, err)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        faults.checkpoint(call.env, "tuning-restored")
+    common.remove_record(path)
 
 
 def gc(call: CmdArgs) -> None:
-    """Remove this network's records of attachments that are not valid any more."""
+    """Remove this network's records of attachments that are not valid any more, and the
+    temporary files of their writes that a killed ADD left."""
     data_dir = call.conf.fields.get_str("dataDir") or DEFAULT_DATA_DIR
     valid = _chained.valid_tags(call)
     try:
@@ -302,11 +299,14 @@ def gc(call: CmdArgs) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if not name.endswith(".json"):
+        if not name.endswith(".json") and not common.is_partial_record(name):
             continue
         record = _read_record(os.path.join(data_dir, name))
         if not record or record.get("network") != call.conf.name:
             continue  # another network's, or written by the reference plugin (no network in it)
         tag = _chained.owner_tag(call.conf.name, str(record.get("containerID")), str(record.get("ifname")))
         if tag not in valid:
-            os.unlink(os.path.join(data_dir, name))
+            try:
+                os.unlink(os.path.join(data_dir, name))
+            except FileNotFoundError:
+                pass

@@ -6,6 +6,13 @@
 `last_reserved_ip.<rangeSetIndex>` holds the last address handed out from each range
 set; `lock` is flock(2)ed exclusively for as long as the store is open, the very lock
 Go's host-local takes, so both can allocate from one directory at the same time.
+
+Unlike the reference, an address file never exists without its holder: the holder is
+written to `.reserving` first, which is then hard-linked under the address's name (the
+link fails when the address is taken). The reference creates the address file and then
+writes it: a process killed in between leaves an empty file, an address no DEL gives
+back. A `.reserving` left by a killed process is not an allocation (its name is not an
+address; Go's host-local skips it too) and the next call that opens the store removes it.
 """
 
 from __future__ import annotations
@@ -13,14 +20,17 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pycni import faults
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
 
 LAST_RESERVED = "last_reserved_ip."
 LINE_BREAK = "\r\n"
 LOCK_FILE = "lock"
+RESERVING = ".reserving"
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,11 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 class Store:
     """The directory of one network, locked while open (`with Store(...) as store:`)."""
 
-    def __init__(self, data_dir: str, network: str) -> None:
+    def __init__(self, data_dir: str, network: str, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
         self.dir = os.path.join(data_dir, network)
         self._lock_fd = -1
+        self._env = env  # the call's environment, for fault injection (pycni.faults)
+        self._prepared = ""  # the holder written to RESERVING, linked under each address tried
 
     def __enter__(self) -> Store:
         try:
@@ -51,8 +63,11 @@ class Store:
             # Go's filemutex opens the lock read-only with O_CREAT, mode 0750.
             self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as exc:
+            self._remove(self._path(RESERVING))  # a killed process's, if any: ours now that we hold the lock
+        except (OSError, CNIError) as exc:
             self.close()
+            if isinstance(exc, CNIError):
+                raise
             raise _io_error(f"cannot open the store {self.dir}", exc) from None
         return self
 
@@ -61,6 +76,12 @@ class Store:
 
     def close(self) -> None:
         if self._lock_fd >= 0:
+            if self._prepared:
+                self._prepared = ""
+                try:
+                    os.remove(self._path(RESERVING))
+                except OSError:
+                    pass  # removed by whoever opens the store next
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = -1
 
@@ -70,20 +91,35 @@ class Store:
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_set: int) -> bool:
         """Take `ip`; False when it is already taken."""
         path = self._path(str(ip))
+        holder = container_id.strip() + LINE_BREAK + ifname
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            if self._prepared != holder:
+                self._prepare(holder)
+            faults.checkpoint(self._env, "address-file-prepared")
+            os.link(self._path(RESERVING), path)
         except FileExistsError:
             return False
         except OSError as exc:
             raise _io_error(f"cannot reserve {ip}", exc) from None
+        faults.checkpoint(self._env, "address-file-linked")
         try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(container_id.strip() + LINE_BREAK + ifname)
+            # The next address must not share this file: a new one is written for it.
+            self._prepared = ""
+            os.remove(self._path(RESERVING))
             self._write(LAST_RESERVED + str(range_set), str(ip))
         except OSError as exc:
             self._remove(path)
             raise _io_error(f"cannot reserve {ip}", exc) from None
         return True
+
+    def _prepare(self, holder: str) -> None:
+        """Write the holder to a new RESERVING file (never into an old one: a killed process may
+        have left it linked to an address it took)."""
+        self._remove(self._path(RESERVING))
+        fd = os.open(self._path(RESERVING), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(holder)
+        self._prepared = holder
 
     def _write(self, name: str, text: str) -> None:
         fd = os.open(self._path(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -156,6 +192,7 @@ class Store:
         chosen = exact or [ip for ip, h in allocations.items() if h.ifname is None and h.matches(container_id, ifname)]
         for ip in chosen:
             self.release(ip)
+            faults.checkpoint(self._env, "address-released")
         return chosen
 
     @staticmethod
