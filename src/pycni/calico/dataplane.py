@@ -35,6 +35,7 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_UNIVERSE = 0
 RTPROT_BOOT = 3  # what `ip route add` and Go's netlink use
 IFF_UP = 0x1
+ALIAS_PREFIX = "pycni-calico "
 _LL_WAIT = 50  # x 20 ms for the host veth's IPv6 link-local address
 
 
@@ -50,6 +51,11 @@ class Workload:
     routes: list[IPNetwork] = field(default_factory=lambda: list(DEFAULT_ROUTES))
     num_queues: int = 1
     allow_ip_forwarding: bool = False
+    owner: str = ""  # the workload (namespace.pod, or the container ID), in the host veth's alias
+
+    @property
+    def alias(self) -> str:
+        return ALIAS_PREFIX + self.owner
 
     @property
     def host_addresses(self) -> list[IPInterface]:
@@ -120,7 +126,16 @@ def apply(w: Workload, log: Any = None) -> str:
     with netlink.route(None) as host:
         old = _link(host, w.host_veth)
         if old is not None:
-            # Calico replaces a host veth left by an earlier sandbox of the same pod.
+            # Calico replaces a host veth left by an earlier sandbox of the same pod; not one of
+            # another workload whose name is the same ("cali" + the first 11 characters of a
+            # container ID, or of a hash): ours say whose they are in their alias.
+            alias = str(old.get_attr("IFLA_IFALIAS") or "")
+            if alias.startswith(ALIAS_PREFIX) and alias != w.alias:
+                raise CNIError(
+                    Code.CONFLICT,
+                    f"host veth {w.host_veth} belongs to workload {alias[len(ALIAS_PREFIX) :]!r}, not {w.owner!r}",
+                    "the two workloads' veth names collide; nothing was changed",
+                )
             host.link("del", index=old["index"])
             if log is not None:
                 log.info("Cleaning old hostVeth: %s", w.host_veth)
@@ -176,7 +191,7 @@ def _configure(w: Workload, host: Any, log: Any) -> str:
             w.netns,
         )
     try:
-        host.link("set", index=host_index, state="up")
+        host.link("set", index=host_index, state="up", ifalias=w.alias)
     except _nl_errors() as exc:
         raise _kernel_error(f"failed to set {w.host_veth} up", exc) from None
     with netlink.route(w.netns) as cont:

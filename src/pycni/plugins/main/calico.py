@@ -31,6 +31,7 @@ from pycni.calico.resources import Resource, ResourceError
 from pycni.net import netns
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
@@ -59,7 +60,7 @@ def _container_routes(ctx: cni.Context) -> list[dataplane.IPNetwork]:
         for entry in ctx.conf.ipam.raw.get("routes") or []:
             if isinstance(entry, dict) and isinstance(entry.get("dst"), str):
                 try:
-                    routes.append(ipaddress.ip_network(entry["dst"], strict=False))
+                    routes.append(ipaddr.network(entry["dst"], strict=False))
                 except ValueError:
                     raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {entry['dst']!r}") from None
     if not routes:
@@ -79,6 +80,7 @@ def _workload(ctx: cni.Context, mtu: int, addresses: list[IPInterface], host_vet
         routes=_container_routes(ctx),
         num_queues=ctx.conf.num_queues,
         allow_ip_forwarding=ctx.conf.allow_ip_forwarding,
+        owner=f"{ctx.ids.namespace}.{ctx.ids.pod}" if ctx.ids.pod else ctx.ids.container_id,
     )
 
 

@@ -94,9 +94,15 @@ def _record_path(network: str, container_id: str, ifname: str) -> str:
 
 def save(call: CmdArgs, state: DeviceState) -> str:
     path = _record_path(call.conf.name, call.container_id, call.ifname)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     body = {"containerID": call.container_id, "ifname": call.ifname, "netns": call.netns, "host": state.to_dict()}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    for attempt in range(5):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            break
+        except FileNotFoundError:  # another call's `forget` removed the empty directory just now
+            if attempt == 4:
+                raise
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh, indent=1)
     os.replace(tmp, path)
@@ -113,7 +119,21 @@ def _read(path: str) -> Lent | None:
 
 
 def load(call: CmdArgs) -> Lent | None:
-    return _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    """The caller's record; not another attachment's whose file name is the same
+    (container "a-b" interface "c" and container "a" interface "b-c")."""
+    lent = _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    return lent if lent is None or (lent.container_id, lent.ifname) == (call.container_id, call.ifname) else None
+
+
+def _refuse_foreign_record(call: CmdArgs) -> None:
+    lent = _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    if lent is not None and (lent.container_id, lent.ifname) != (call.container_id, call.ifname):
+        raise CNIError(
+            Code.CONFLICT,
+            f"host-device: {lent.path} records device {lent.state.device} lent to container {lent.container_id!r} "
+            f"interface {lent.ifname!r}",
+            "the two attachments' record names collide (<containerID>-<ifname>.json); nothing was changed",
+        )
 
 
 def records(network: str) -> list[Lent]:
@@ -126,10 +146,17 @@ def records(network: str) -> list[Lent]:
 
 
 def forget(path: str) -> None:
+    """Drop a record, and the network's directory (and ours) once empty: a refused ADD leaves
+    nothing behind, not even a directory."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    for directory in (os.path.dirname(path), STATE_DIR):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break  # not empty (or already gone)
 
 
 def give_back(state: DeviceState) -> bool:
@@ -146,6 +173,7 @@ def add(call: CmdArgs) -> Result:
     common.require_netns(call)
     if conf.pci and hostdevice.is_userspace_driven(conf.pci):
         return Result(cni_version=call.cni_version)  # a DPDK device: nothing to move or configure
+    _refuse_foreign_record(call)
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)

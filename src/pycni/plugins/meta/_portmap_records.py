@@ -16,14 +16,17 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from pycni.spec.errors import CNIError, Code
 
 log = logging.getLogger("pycni.plugin.portmap")
 
 STATE_DIR = "/run/pycni/portmap"
 VERSION = 1
-_SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@+=]+$")
+_SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@+=]+\Z")
 
 
 @dataclass(frozen=True)
@@ -84,24 +87,40 @@ def _load(file: str) -> Record | None:
 
 
 def read(network: str, container_id: str, ifname: str) -> Record | None:
-    return _load(path(network, container_id, ifname))
+    """The attachment's record; not another's whose file name is the same (container "a_b"
+    interface "c" and container "a" interface "b_c")."""
+    record = _load(path(network, container_id, ifname))
+    return record if record is None or (record.container_id, record.ifname) == (container_id, ifname) else None
 
 
 def write(record: Record) -> None:
     file = path(record.network, record.container_id, record.ifname)
+    other = _load(file)
+    if other is not None and (other.container_id, other.ifname) != (record.container_id, record.ifname):
+        raise CNIError(
+            Code.CONFLICT,
+            f"portmap: {file} is the record of container {other.container_id!r} interface {other.ifname!r}",
+            "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
+        )
     os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
-    tmp = f"{file}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
+    # An unpredictable name (a planted symlink at a known one would be written through);
+    # ".tmp-" in it is what remove_leftovers looks for.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=f".{os.path.basename(file)}.tmp-")
+    with os.fdopen(fd, "w") as fh:
         json.dump(record.to_dict(), fh, indent=1)
     os.replace(tmp, file)
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:
-    """Drop the record; True when it was the network's last one (its directory is gone too)."""
-    try:
-        os.unlink(path(network, container_id, ifname))
-    except FileNotFoundError:
-        pass
+    """Drop the record (not another attachment's of the same file name); True when it was the
+    network's last one (its directory is gone too)."""
+    file = path(network, container_id, ifname)
+    other = _load(file)
+    if other is None or (other.container_id, other.ifname) == (container_id, ifname):
+        try:
+            os.unlink(file)
+        except FileNotFoundError:
+            pass
     return remove_network_dir(network)
 
 

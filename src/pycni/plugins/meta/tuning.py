@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ log = logging.getLogger("pycni.plugin.tuning")
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _mac(value: str, where: str) -> str:
 def parse(call: CmdArgs) -> Tuning:
     f = call.conf.fields
     conf = Tuning(
-        data_dir=f.get_str("dataDir") or DEFAULT_DATA_DIR,
+        data_dir=f.get_path("dataDir") or DEFAULT_DATA_DIR,
         sysctls=_sysctl_map(f, "sysctl"),
         mac=f.get_str("mac"),
         promisc=f.get_bool("promisc", False),
@@ -124,10 +125,21 @@ def record_path(data_dir: str, container_id: str, ifname: str) -> str:
 
 def _write_record(path: str, record: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
+    # A new file of an unpredictable name (a planted symlink at a known one would be written through).
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.tmp-")
+    with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=1)
     os.replace(tmp, path)
+
+
+def _foreign(record: dict[str, Any] | None, call: CmdArgs) -> bool:
+    """Whether a record belongs to another attachment: `<containerID>_<ifname>.json` is the
+    same file for container "a_b" interface "c" and container "a" interface "b_c". A record
+    the reference plugin wrote does not say whose it is: it is taken to be the caller's."""
+    if not record:
+        return False
+    owner = (record.get("containerID", call.container_id), record.get("ifname", call.ifname))
+    return owner != (call.container_id, call.ifname)
 
 
 def _read_record(path: str) -> dict[str, Any] | None:
@@ -208,6 +220,15 @@ def add(call: CmdArgs) -> Result:
     conf = parse(call)
     paths = {sysctl_path(k, call.ifname): v for k, v in conf.sysctls.items()}
     path = record_path(conf.data_dir, call.container_id, call.ifname)
+    existing = _read_record(path)
+    if _foreign(existing, call):
+        assert existing is not None
+        raise CNIError(
+            Code.CONFLICT,
+            f"tuning: {path} holds the saved settings of container {existing.get('containerID')!r} "
+            f"interface {existing.get('ifname')!r}",
+            "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
+        )
     with netlink.route(call.netns) as ipr:
         link = _link(ipr, call.ifname)
         record = _snapshot(link, conf)
@@ -275,12 +296,17 @@ def check(call: CmdArgs) -> None:
 
 def delete(call: CmdArgs) -> None:
     """Restore what ADD changed and drop the record; best effort, as the reference."""
-    data_dir = call.conf.fields.raw("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(data_dir, str):
-        data_dir = DEFAULT_DATA_DIR
+    try:
+        data_dir = call.conf.fields.get_path("dataDir") or DEFAULT_DATA_DIR
+    except CNIError as err:
+        log.warning("tuning DEL: %s; ADD refuses such a configuration, so there is no record to restore", err)
+        return
     path = record_path(data_dir, call.container_id, call.ifname)
     record = _read_record(path)
     if record is None:
+        return
+    if _foreign(record, call):
+        log.warning("tuning DEL: %s is the record of another attachment (%s); left alone", path, record.get("containerID"))
         return
     if record and call.netns and netns.exists(call.netns):
         try:
@@ -295,7 +321,7 @@ def delete(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     """Remove this network's records of attachments that are not valid any more."""
-    data_dir = call.conf.fields.get_str("dataDir") or DEFAULT_DATA_DIR
+    data_dir = call.conf.fields.get_path("dataDir") or DEFAULT_DATA_DIR
     valid = _chained.valid_tags(call)
     try:
         names = os.listdir(data_dir)

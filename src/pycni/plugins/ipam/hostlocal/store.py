@@ -11,10 +11,11 @@ Go's host-local takes, so both can allocate from one directory at the same time.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 
+from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
 
@@ -41,15 +42,19 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 class Store:
     """The directory of one network, locked while open (`with Store(...) as store:`)."""
 
-    def __init__(self, data_dir: str, network: str) -> None:
+    def __init__(self, data_dir: str, network: str, create: bool = True) -> None:
         self.dir = os.path.join(data_dir, network)
+        self.create = create
         self._lock_fd = -1
 
     def __enter__(self) -> Store:
+        if not self.create and not os.path.isdir(self.dir):
+            return self  # nothing was ever allocated: a read or a release has nothing to lock (or to create)
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
             # Go's filemutex opens the lock read-only with O_CREAT, mode 0750.
-            self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
+            flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW  # not a file a planted symlink names
+            self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), flags, 0o750)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except OSError as exc:
             self.close()
@@ -86,14 +91,21 @@ class Store:
         return True
 
     def _write(self, name: str, text: str) -> None:
-        fd = os.open(self._path(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        """Replace a file (never write through a symlink planted in its place)."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self._path(name))
+        except BaseException:
+            self._remove(tmp)
+            raise
 
     def last_reserved(self, range_set: int) -> IPAddress | None:
         try:
             with open(self._path(LAST_RESERVED + str(range_set))) as fh:
-                return ipaddress.ip_address(fh.read().strip())
+                return ipaddr.address(fh.read().strip())
         except (OSError, ValueError):
             return None
 
@@ -115,7 +127,7 @@ class Store:
             raise _io_error(f"cannot read the store {self.dir}", exc) from None
         for name in names:
             try:
-                ip = ipaddress.ip_address(name)
+                ip = ipaddr.address(name)
             except ValueError:
                 continue  # lock, last_reserved_ip.N
             try:
