@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit bench stress clean
+.PHONY: setup demo test lint typecheck unit bench stress fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -24,6 +24,12 @@ test: setup
 	$(VENV)/bin/mypy
 	scripts/in-netns.sh $(PY) -m pytest $(PYTEST_ARGS)
 
+
+# Long fuzzing campaigns (tests/reliability: FUZZ_SCALE times the inputs `make test` runs,
+# 50 by default: ~1,000 inputs per plugin, 2 million atheris runs; about 40 minutes).
+FUZZ_SCALE ?= 50
+fuzz: setup
+	PYCNI_FUZZ_SCALE=$(FUZZ_SCALE) scripts/in-netns.sh $(PY) -m pytest -s --timeout=3600 tests/reliability $(PYTEST_ARGS)
 
 # Benchmarks against the Go reference plugins (minutes; not part of `make test`).
 bench: setup

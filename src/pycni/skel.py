@@ -9,6 +9,7 @@ handlers, the namespaces of the calling thread).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -293,10 +294,24 @@ def _run(module: ModuleType, call: CmdArgs) -> Outcome:
         result = handler(call)
         if not isinstance(result, Result):
             raise TypeError(f"{call.plugin_type} ADD returned {type(result).__name__}, not a Result")
-        rendered = result.to_dict(call.cni_version)
+        try:
+            rendered = result.to_dict(call.cni_version)
+        except CNIError:
+            _undo_add(module, call)  # the runtime gets an error: it must not get an attachment too
+            raise
         return Outcome(stdout=jsonfmt.dumps_indent(rendered).encode(), result=result)
     handler(call)
     return Outcome()
+
+
+def _undo_add(module: ModuleType, call: CmdArgs) -> None:
+    """DEL what an ADD did whose result cannot be given in the configuration's version
+    (e.g. a 0.2.0 result without an address)."""
+    undo = dataclasses.replace(call, command="DEL", env={**call.env, "CNI_COMMAND": "DEL"})
+    try:
+        _handler(module, "DEL")(undo)
+    except CNIError as err:
+        call.log.warning("could not undo the ADD whose result cannot be rendered: %s", err)
 
 
 def _noop(call: CmdArgs) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,11 +47,37 @@ def context(call: CmdArgs, component: str) -> Context:
     )
     nodename = conf.determine_nodename()
     cni_args = dict(call.cni_args_pairs()) if call.command != "GC" and call.command != "STATUS" else {}
+    _check_names(nodename, cni_args)
     ids = identifiers(nodename, call.container_id, call.ifname, cni_args)
     fields: dict[str, str] = {"ContainerID": call.container_id}
     if ids.pod:
         fields.update(Pod=ids.pod, Namespace=ids.namespace)
     return Context(call, conf, logger.with_fields(**fields), nodename, ids)
+
+
+# Kubernetes object names (DNS-1123): what a pod name or namespace from CNI_ARGS may be.
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\Z")
+_NAME_ARGS = ("K8S_POD_NAME", "K8S_POD_NAMESPACE", "CNI_TEST_NAMESPACE")
+
+
+def _check_names(nodename: str, cni_args: dict[str, str]) -> None:
+    """Names that become datastore keys, endpoint names and labels: a '/' would make one
+    workload's key a prefix of another's, and text that is not UTF-8 cannot be stored."""
+    for key in _NAME_ARGS:
+        value = cni_args.get(key, "")
+        if value and (len(value) > 253 or not _K8S_NAME.match(value)):
+            raise CNIError(
+                Code.INVALID_ENVIRONMENT_VARIABLES,
+                f"CNI_ARGS {key} {value!r} is not a Kubernetes name",
+                "lower-case letters, digits, '-' and '.', beginning and ending with a letter or digit, at most 253 characters",
+            )
+    if not nodename or len(nodename) > 253 or any(c == "/" or c.isspace() or not c.isprintable() for c in nodename):
+        raise CNIError(
+            Code.INVALID_NETWORK_CONFIG,
+            f"node name {nodename!r} cannot name a Calico node: it is empty, too long, or has a '/', a space or a control "
+            "character",
+            'set "nodename" in the network configuration, or write the name to the nodename file',
+        )
 
 
 def unavailable(exc: DatastoreUnavailable) -> CNIError:

@@ -23,7 +23,7 @@ DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 DEFAULT_JOURNAL_DIR = "/var/lib/calico/cni-journal"
 DEFAULT_IPAM_LOCK_FILE = "/var/run/calico/ipam.lock"
 DEFAULT_MTU = 1500
-_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9_.\-]+$")
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9_.\-]+\Z")
 
 
 def _invalid(msg: str) -> CNIError:
@@ -167,11 +167,11 @@ def parse(conf: PluginConf, env: Mapping[str, str] | None = None) -> CalicoConf:
         raise _invalid(f'invalid value for "datastore_timeout": {timeout!r} is not a number of seconds')
     datastore = DatastoreSettings(
         kind=kind,
-        path=f.get_str("datastore_path") or DatastoreSettings().path,
+        path=f.get_path("datastore_path") or DatastoreSettings().path,
         etcd_endpoints=endpoints,
-        etcd_key_file=f.get_str("etcd_key_file"),
-        etcd_cert_file=f.get_str("etcd_cert_file"),
-        etcd_ca_cert_file=f.get_str("etcd_ca_cert_file"),
+        etcd_key_file=f.get_path("etcd_key_file"),
+        etcd_cert_file=f.get_path("etcd_cert_file"),
+        etcd_ca_cert_file=f.get_path("etcd_ca_cert_file"),
         timeout=float(timeout),
     )
     level = f.get_str("log_level") or "info"
@@ -184,16 +184,16 @@ def parse(conf: PluginConf, env: Mapping[str, str] | None = None) -> CalicoConf:
         name=conf.name,
         cni_version=conf.cni_version,
         mtu=f.get_int("mtu", 0, minimum=0, maximum=65535),
-        mtu_file=f.get_str("mtu_file") or DEFAULT_MTU_FILE,
+        mtu_file=f.get_path("mtu_file") or DEFAULT_MTU_FILE,
         require_mtu_file=f.get_bool("require_mtu_file"),
         num_queues=max(f.get_int("num_queues", 0, minimum=0, maximum=1024), 1),
         nodename=f.get_str("nodename") or kubernetes.get_str("node_name"),
-        nodename_file=f.get_str("nodename_file") or DEFAULT_NODENAME_FILE,
+        nodename_file=f.get_path("nodename_file") or DEFAULT_NODENAME_FILE,
         nodename_file_optional=f.get_bool("nodename_file_optional"),
         hostname=f.get_str("hostname"),
         datastore=datastore,
         log_level=level.lower(),
-        log_file_path=f.get_str("log_file_path"),
+        log_file_path=f.get_path("log_file_path"),
         log_file_max_size=f.get_int("log_file_max_size", 100, minimum=0),
         log_file_max_age=f.get_int("log_file_max_age", 30, minimum=0),
         log_file_max_count=f.get_int("log_file_max_count", 10, minimum=0),
@@ -204,7 +204,7 @@ def parse(conf: PluginConf, env: Mapping[str, str] | None = None) -> CalicoConf:
         ip_addrs_no_ipam=features.get_bool("ip_addrs_no_ipam"),
         floating_ips=features.get_bool("floating_ips"),
         include_default_routes=f.get_bool("include_default_routes"),
-        ipam_lock_file=f.get_str("ipam_lock_file") or DEFAULT_IPAM_LOCK_FILE,
-        journal_dir=f.get_str("journal_dir") or DEFAULT_JOURNAL_DIR,
+        ipam_lock_file=f.get_path("ipam_lock_file") or DEFAULT_IPAM_LOCK_FILE,
+        journal_dir=f.get_path("journal_dir") or DEFAULT_JOURNAL_DIR,
         raw=conf.raw,
     )

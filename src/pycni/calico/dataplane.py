@@ -32,6 +32,7 @@ GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
 GATEWAY_V6 = ipaddress.IPv6Address("fe80::ecee:eeff:feee:eeee")  # the link-local of HOST_MAC, as results name it
 DEFAULT_ROUTES: list[IPNetwork] = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
 RT_SCOPE_LINK = 253
+ALIAS_PREFIX = "pycni-calico "  # the host veth's alias: whose workload it is
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Workload:
     routes: list[IPNetwork] = field(default_factory=lambda: list(DEFAULT_ROUTES))
     num_queues: int = 1
     allow_ip_forwarding: bool = False
+    owner: str = ""  # the workload (namespace.pod, or the container ID), in the host veth's alias
+
+    @property
+    def alias(self) -> str:
+        return ALIAS_PREFIX + self.owner
 
     @property
     def host_addresses(self) -> list[IPInterface]:
@@ -69,7 +75,7 @@ def describe(w: Workload, container_mac: str = "") -> Parts:
     queues = {"num_tx_queues": w.num_queues, "num_rx_queues": w.num_queues}
     container, host = att.veth(
         Link(w.ifname, ns=w.netns, mtu=w.mtu, mac=container_mac, create=dict(queues), check_mtu=True),
-        Link(w.host_veth, mtu=w.mtu, mac=HOST_MAC, create=dict(queues), check_mtu=True, replace=True),
+        Link(w.host_veth, mtu=w.mtu, mac=HOST_MAC, create=dict(queues), check_mtu=True, replace=True, alias=w.alias),
     )
     _sysctls(w, att, container, host)
     att.addresses += [Address(container, address) for address in w.host_addresses]

@@ -19,6 +19,7 @@ from pycni.calico import selector
 from pycni.calico.datastore import Datastore
 from pycni.calico.model import IPNetwork
 from pycni.calico.resources import IPPOOL, Resource, ResourceError, Resources
+from pycni.spec import ipaddr
 
 DEFAULT_IPV4_POOL_CIDR = "192.168.0.0/16"
 DEFAULT_IPV4_POOL_NAME = "default-ipv4-ippool"
@@ -66,7 +67,7 @@ class Pool:
     @classmethod
     def from_resource(cls, obj: Resource) -> Pool:
         spec = obj.get("spec") or {}
-        cidr = ipaddress.ip_network(spec["cidr"], strict=False)
+        cidr = ipaddr.network(spec["cidr"], strict=False)
         return cls(
             name=str(obj["metadata"]["name"]),
             cidr=cidr,
@@ -101,7 +102,7 @@ def normalize(obj: Resource) -> Resource:
     if not isinstance(text, str):
         raise PoolError(f"IPPool {name}: spec.cidr is required")
     try:
-        cidr = ipaddress.ip_network(text, strict=False)
+        cidr = ipaddr.network(text, strict=False)
     except ValueError:
         raise PoolError(f"IPPool {name}: spec.cidr {text!r} is not a CIDR") from None
     version = cidr.version
@@ -208,7 +209,7 @@ class Pools:
         if not text:
             text = DEFAULT_IPV4_POOL_CIDR if version == 4 else _random_ula()
         try:
-            cidr = ipaddress.ip_network(text, strict=False)
+            cidr = ipaddr.network(text, strict=False)
         except ValueError:
             raise PoolError(f"invalid CIDR specified in {prefix}CIDR: {text!r}") from None
         if cidr.version != version:

@@ -113,6 +113,10 @@ class Link:
     settle: bool = False  # wait for IPv6 duplicate address detection before adding routes
     wait_up: bool = False  # ADD waits for operstate UP (a bridge port whose peer is up)
     replace: bool = False  # a link of this name and kind already there is deleted first (a leftover)
+    # Whose link this is ("<tag> <owner>"), set right after creation (the kernel ignores an alias in
+    # RTM_NEWLINK). `replace` spares a leftover whose alias has the same tag and another owner:
+    # that is another attachment whose generated name collides with this one's.
+    alias: str = ""
     # What the kernel reports, filled by apply():
     index: int = 0
     actual_mac: str = ""
@@ -399,6 +403,9 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
         if created is not None and _lookup(sock(created.ns), created) is None:
             raise CNIError(Code.KERNEL, f"link {created.where()} vanished right after it was created")
     undo.append(_undo(_destroy, sock(link.ns), link))
+    for end in (link, link.peer):
+        if end is not None and end.alias:
+            links.set_attrs(sock(end.ns), end.index, f"failed to set the alias of {end.where()}", ifalias=end.alias)
     _finish(link)
 
 
@@ -419,6 +426,15 @@ def _finish(link: Link) -> None:
 def _replace(ipr: IPRoute, link: Link) -> None:
     """Delete a leftover link of the name and kind this one is about to be created with."""
     old = links.get(ipr, link.name)
+    if old is not None and link.alias:
+        alias = str(old.get_attr("IFLA_IFALIAS") or "")
+        tag = link.alias.split(" ", 1)[0] + " "
+        if alias.startswith(tag) and alias != link.alias:
+            raise CNIError(
+                Code.CONFLICT,
+                f"{link.where()} belongs to {alias[len(tag) :]!r}, not {link.alias[len(tag) :]!r}",
+                "the two attachments' generated interface names collide; nothing was changed",
+            )
     if old is not None and (not link.kind or links.kind(old) == link.kind):
         log.info("deleting leftover %s %s", link.kind, link.where())
         link.replaced = links.delete(ipr, old["index"])

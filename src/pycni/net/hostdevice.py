@@ -57,7 +57,7 @@ def by_hwaddr(ipr: IPRoute, mac: str) -> str:
 
 def by_kernelpath(ipr: IPRoute, path: str, sysfs: str = SYSFS) -> str:
     """The first interface listed under `path`/net that is a host interface."""
-    if not os.path.isabs(path) or not path.startswith("/sys/devices/"):
+    if not os.path.normpath(path).startswith("/sys/devices/") or "\0" in path:
         raise _bad(f'"kernelpath" {path!r} must be an absolute path beginning with /sys/devices/')
     net_dir = os.path.join(sysfs, os.path.relpath(path, "/sys"), "net")
     try:

@@ -137,14 +137,20 @@ def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS
     The temporary name is the attachment's own (calls for one attachment never run at the
     same time), so a DEL after a killed write finds it without listing the directory
     (`remove_record`). `point` names the fault-injection point between the two steps."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     partial = path + PARTIAL
-    # A name planted there (a symlink to a file elsewhere) is removed, never written through.
-    try:
-        os.unlink(partial)
-    except FileNotFoundError:
-        pass
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    for attempt in range(5):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        # A name planted there (a symlink to a file elsewhere) is removed, never written through.
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            break
+        except FileNotFoundError:  # another attachment's DEL removed the emptied directory just now
+            if attempt == 4:
+                raise
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh, indent=1)
     if point:

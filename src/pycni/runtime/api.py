@@ -4,7 +4,6 @@ with libcni's semantics and its result cache.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +118,14 @@ class CNIConfig:
     # -- ADD -------------------------------------------------------------------
     def add_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> Result:
         self._validate_attachment(net, rt)
+        other = cache.foreign(self.cache_dir, net.name, rt.container_id, rt.ifname)
+        if other is not None:
+            raise CNIError(
+                Code.CONFLICT,
+                f"the result cache file of network {net.name!r}, container {rt.container_id!r}, interface {rt.ifname!r} "
+                f"holds network {other.network!r}, container {other.container_id!r}, interface {other.ifname!r}",
+                "libcni names it <network>-<containerID>-<ifname>: the two attachments collide; nothing was changed",
+            )
         result: Result | None = None
         for plugin in net.plugins:
             plugin_path = invoke.find_in_path(plugin["type"], self.path)
@@ -193,8 +200,13 @@ class CNIConfig:
     def _cached_result(self, net: NetworkConfigList, rt: RuntimeConf) -> Result | None:
         try:
             result = cache.read_result(self.cache_dir, net.name, rt.container_id, rt.ifname)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"cache file is not JSON: {exc}") from None
+        except ValueError as exc:
+            raise CNIError(
+                Code.DECODING_FAILURE,
+                f"the cached result of network {net.name!r}, container {rt.container_id!r}, interface {rt.ifname!r} "
+                f"is unreadable: {exc}",
+                "delete the attachment (DEL ignores an unreadable cache) and add it again",
+            ) from None
         if result is None:
             return None
         target = net.cni_version or versions.IMPLICIT_VERSION

@@ -53,7 +53,7 @@ def cache_path(cache_dir: str, network: str, container_id: str, ifname: str) -> 
             f"cache file path requires network name ({network!r}), container ID ({container_id!r}), "
             f"and interface name ({ifname!r})",
         )
-    return os.path.join(results_dir(cache_dir), f"{network}-{container_id}-{ifname}")
+    return os.path.join(results_dir(cache_dir), _file_name(network, container_id, ifname))
 
 
 def _sorted(value: Any) -> Any:
@@ -104,9 +104,32 @@ def write(cache_dir: str, entry: CachedAttachment) -> str:
     return path
 
 
+class CorruptCache(ValueError):
+    """A cache file that cannot be read or is not what libcni writes."""
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptCache(f"not JSON: {exc}") from None
+
+
+def _text(value: str, key: str) -> str:
+    """A string that can go into a plugin's environment: no NUL, and UTF-8 (JSON can spell a
+    lone surrogate, which no environment can hold)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{key} is not valid UTF-8") from None
+    if "\0" in value:
+        raise ValueError(f"{key} contains a NUL character")
+    return value
+
+
 def decode(data: bytes) -> CachedAttachment:
     """Parse a cache file; ValueError when it is not a cniCacheV1 document."""
-    doc = json.loads(data)
+    doc = _json(data)
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise ValueError(f"not a {KIND} document")
     try:
@@ -120,7 +143,7 @@ def decode(data: bytes) -> CachedAttachment:
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in raw_args
         ):
             raise ValueError("cniArgs is not a list of pairs")
-        cni_args = [(p[0], p[1]) for p in raw_args]
+        cni_args = [(_text(p[0], "cniArgs"), _text(p[1], "cniArgs")) for p in raw_args]
     caps = doc.get("capabilityArgs") or {}
     result = doc.get("result")
     if not isinstance(caps, dict) or (result is not None and not isinstance(result, dict)):
@@ -128,6 +151,8 @@ def decode(data: bytes) -> CachedAttachment:
     fields = {k: doc.get(k, "") for k in ("containerId", "networkName", "ifName", "netns")}
     if not all(isinstance(v, str) for v in fields.values()):
         raise ValueError("containerId, networkName, ifName and netns must be strings")
+    for key, value in fields.items():
+        _text(value, key)
     return CachedAttachment(
         container_id=fields["containerId"],
         network=fields["networkName"],
@@ -141,36 +166,71 @@ def decode(data: bytes) -> CachedAttachment:
 
 
 def _read_bytes(cache_dir: str, network: str, container_id: str, ifname: str) -> bytes | None:
+    path = cache_path(cache_dir, network, container_id, ifname)
     try:
-        with open(cache_path(cache_dir, network, container_id, ifname), "rb") as fh:
+        with open(path, "rb") as fh:
             return fh.read()
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a directory, a dangling lock-up of permissions: unreadable, not absent
+        raise CorruptCache(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _is(entry: CachedAttachment, network: str, container_id: str, ifname: str) -> bool:
+    """Whether a cache file is this attachment's: `<network>-<containerID>-<ifname>` is the same
+    name for network "a" container "b-c" and network "a-b" container "c". A file that names no
+    attachment (fields missing) is taken to be the one its name says."""
+    named = (entry.network, entry.container_id, entry.ifname)
+    if not all(named) or named == (network, container_id, ifname):
+        return True
+    # Another attachment's only if this is where its own file is; otherwise the file is just corrupt.
+    return _file_name(*named) != _file_name(network, container_id, ifname)
+
+
+def _file_name(network: str, container_id: str, ifname: str) -> str:
+    return f"{network}-{container_id}-{ifname}"
 
 
 def read(cache_dir: str, network: str, container_id: str, ifname: str) -> CachedAttachment | None:
-    """The cached attachment, None when there is none; ValueError when the file is corrupt."""
+    """The cached attachment, None when there is none (or the file is another attachment's);
+    ValueError when the file is corrupt."""
     data = _read_bytes(cache_dir, network, container_id, ifname)
-    return None if data is None else decode(data)
+    if data is None:
+        return None
+    entry = decode(data)
+    return entry if _is(entry, network, container_id, ifname) else None
+
+
+def foreign(cache_dir: str, network: str, container_id: str, ifname: str) -> CachedAttachment | None:
+    """The other attachment whose cache file has this attachment's name, if any."""
+    try:
+        data = _read_bytes(cache_dir, network, container_id, ifname)
+        entry = decode(data) if data is not None else None
+    except ValueError:
+        return None
+    return entry if entry is not None and not _is(entry, network, container_id, ifname) else None
 
 
 def read_result(cache_dir: str, network: str, container_id: str, ifname: str) -> Result | None:
-    """The cached result; a legacy file holding a bare result (pre-cniCacheV1) is read too."""
+    """The cached result; a legacy file holding a bare result (pre-cniCacheV1) is read too.
+    CorruptCache (a ValueError) or a CNIError (code 6) when the file holds neither."""
     data = _read_bytes(cache_dir, network, container_id, ifname)
     if data is None:
         return None
     try:
         entry = decode(data)
     except ValueError:
-        return Result.from_dict(json.loads(data))  # libcni's legacy cache: the result itself
-    return entry.result()
+        return Result.from_dict(_json(data))  # libcni's legacy cache: the result itself
+    return entry.result() if _is(entry, network, container_id, ifname) else None
 
 
 def remove(cache_dir: str, network: str, container_id: str, ifname: str) -> None:
+    if foreign(cache_dir, network, container_id, ifname) is not None:
+        return
     try:
         os.unlink(cache_path(cache_dir, network, container_id, ifname))
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, IsADirectoryError):
+        pass  # not a cache file of ours (a directory someone made): not ours to remove either
 
 
 def list_attachments(cache_dir: str, container_id: str = "") -> list[CachedAttachment]:
@@ -195,5 +255,7 @@ def list_attachments(cache_dir: str, container_id: str = "") -> list[CachedAttac
             continue
         if not entry.ifname or not entry.network:
             continue
+        if name != _file_name(entry.network, entry.container_id, entry.ifname):
+            continue  # not where that attachment's file is: a corrupt (or planted) file, not an attachment
         found.append(entry)
     return found

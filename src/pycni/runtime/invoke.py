@@ -84,6 +84,8 @@ def execute(plugin_path: str, stdin: bytes, env: Mapping[str, str], timeout: flo
         )
     except OSError as exc:
         raise CNIError(Code.IO_FAILURE, f"cannot execute plugin {plugin_path}: {exc.strerror}") from None
+    except (ValueError, UnicodeEncodeError) as exc:  # an environment no process can have (NUL, not UTF-8)
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"cannot execute plugin {plugin_path}: {exc}") from None
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -114,7 +116,7 @@ def error_from(execution: Execution, plugin_path: str) -> CNIError:
     if text:
         try:
             return CNIError.from_dict(json.loads(text))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             pass
     stderr = execution.stderr.decode(errors="replace").strip()
     shown = stderr or text.decode(errors="replace") or f"exit status {execution.returncode}"

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni.spec import jsonfmt, names
+from pycni.spec import ipaddr, jsonfmt, names
 from pycni.spec import version as versions
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
@@ -57,6 +57,16 @@ class Fields:
             raise _bad(self._path(key), value, "a string")
         return value
 
+    def get_path(self, key: str, default: str = "") -> str:
+        """A file or directory on the host: absolute (a relative one would depend on the working
+        directory of whoever runs the call: the agent's is not a plugin process's), no NUL."""
+        value = self.get_str(key, default)
+        if value and "\0" in value:
+            raise _bad(self._path(key), value, "a path: it contains a NUL character")
+        if value and not value.startswith("/"):
+            raise _bad(self._path(key), value, "an absolute path")
+        return value
+
     def get_bool(self, key: str, default: bool = False) -> bool:
         value = self.raw(key, default)
         if isinstance(value, bool):
@@ -98,7 +108,7 @@ class Fields:
         if text == "":
             return None
         try:
-            return ipaddress.ip_interface(text)
+            return ipaddr.interface(text)
         except ValueError:
             raise _bad(self._path(key), text, "an address in CIDR notation") from None
 
@@ -107,7 +117,7 @@ class Fields:
         if text == "":
             return None
         try:
-            return ipaddress.ip_address(text)
+            return ipaddr.address(text)
         except ValueError:
             raise _bad(self._path(key), text, "an IP address") from None
 

@@ -50,6 +50,8 @@ class CNIError(Exception):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CNIError:
+        if not isinstance(data, dict):
+            raise ValueError("not a CNI error object")
         code = data.get("code")
         msg = data.get("msg")
         if not isinstance(code, int) or isinstance(code, bool) or not isinstance(msg, str):

@@ -2,17 +2,22 @@
 
 Go escapes <, > and & (HTML safety) and U+2028/U+2029, writes other non-ASCII as is,
 and ``MarshalIndent(v, "", "    ")`` indents with four spaces and no trailing newline.
+Text that was not UTF-8 (an environment variable's undecodable bytes, which Python keeps
+as lone surrogates) becomes U+FFFD, as Go writes invalid UTF-8: the output always encodes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _go_escape(text: str) -> str:
+    text = _SURROGATE.sub("\ufffd", text)
     if not any(ch in text for ch in _GO_ESCAPES):
         return text
     return "".join(_GO_ESCAPES.get(ch, ch) for ch in text)
@@ -36,6 +41,8 @@ def loads_object(data: bytes | str, what: str) -> dict[str, Any]:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: {exc}") from None
+    except RecursionError:
+        raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: nested too deeply") from None
     if not isinstance(value, dict):
         raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: expected a JSON object, got {type(value).__name__}")
     return value

@@ -12,7 +12,7 @@ import re
 from pycni.spec.errors import CNIError, Code
 
 # The spec: an alphanumeric, then alphanumerics, underscore, dot or hyphen.
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 MAX_IFNAME = 15  # IFNAMSIZ - 1
 # Longer names do not fit a file name on common filesystems once prefixed.
 MAX_NAME = 200
@@ -46,14 +46,14 @@ def interface_name_problem(ifname: str) -> str | None:
     """Why `ifname` is not a valid Linux interface name, or None."""
     if ifname == "":
         return "interface name is empty"
+    if not ifname.isprintable():  # first: text that was not UTF-8 (lone surrogates) cannot even be measured
+        return f"interface name {ifname!r} contains unprintable characters"
     if len(ifname.encode()) > MAX_IFNAME:
         return f"interface name {ifname!r} is too long: at most {MAX_IFNAME} characters"
     if ifname in (".", ".."):
         return "interface name is . or .."
     if any(c in "/:" or c.isspace() for c in ifname):
         return f"interface name {ifname!r} contains '/', ':' or whitespace"
-    if not ifname.isprintable():
-        return f"interface name {ifname!r} contains unprintable characters"
     return None
 
 

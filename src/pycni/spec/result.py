@@ -21,6 +21,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni.spec import ipaddr
 from pycni.spec import version as versions
 from pycni.spec.errors import CNIError, Code
 
@@ -41,7 +42,7 @@ def parse_cidr(value: Any, what: str) -> IPInterface:
     if not isinstance(value, str) or "/" not in value:
         raise _decode_error(f"{what} {value!r} is not an address in CIDR notation")
     try:
-        return ipaddress.ip_interface(value)
+        return ipaddr.interface(value)
     except ValueError as exc:
         raise _decode_error(f"{what} {value!r}: {exc}") from None
 
@@ -50,7 +51,7 @@ def parse_ip(value: Any, what: str) -> IPAddress:
     if not isinstance(value, str):
         raise _decode_error(f"{what} {value!r} is not an IP address")
     try:
-        return ipaddress.ip_address(value)
+        return ipaddr.address(value)
     except ValueError:
         raise _decode_error(f"{what} {value!r} is not an IP address") from None
 

@@ -13,7 +13,7 @@ CURRENT = "1.1.0"
 # libcni treats a configuration without cniVersion as 0.1.0.
 IMPLICIT_VERSION = "0.1.0"
 
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SEMVER = re.compile(r"^([0-9]+)\.([0-9]+)\.([0-9]+)\Z")
 
 
 def parse(version: str) -> tuple[int, int, int]:

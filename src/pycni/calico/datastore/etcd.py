@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import queue
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,15 @@ class EtcdDatastore(Datastore):
 
         self._grpc = grpc
         self._errors: tuple[type[BaseException], ...] = (etcd_errors.Etcd3Exception, grpc.RpcError)
+        # A member that went away (or a cluster between leaders): the client marks the endpoint
+        # failed and the next request goes to another one. pyetcd does not repeat the request.
+        self._failover: tuple[type[BaseException], ...] = (
+            etcd_errors.ConnectionFailedError,
+            etcd_errors.ConnectionTimeoutError,
+            etcd_errors.NoServerAvailableError,
+            etcd_errors.InternalServerError,
+        )
+        self.retried = 0  # requests repeated on another member (tests and logs read it)
         self.settings = settings
         endpoints = parse_endpoints(settings.endpoints)
         creds = None
@@ -100,7 +110,9 @@ class EtcdDatastore(Datastore):
                 pyetcd.Endpoint(host, port, secure=scheme == "https", creds=creds if scheme == "https" else None, time_retry=1.0)
                 for scheme, host, port in endpoints
             ],
-            timeout=settings.timeout,
+            # Half the call's budget per request: a request that hangs on a member that just died
+            # (or waits out an election) leaves time to repeat it on another member.
+            timeout=max(1.0, settings.timeout / 2),
             failover=True,
         )
         self._tx = self._client.transactions
@@ -110,13 +122,36 @@ class EtcdDatastore(Datastore):
         return "etcdv3:" + ",".join(sorted(f"{s}://{h}:{p}" for s, h, p in parse_endpoints(self.settings.endpoints)))
 
     def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except self._errors as exc:
-            detail = str(exc) or type(exc).__name__
-            raise DatastoreUnavailable(
-                f"etcd at {self.settings.endpoints} is unreachable (timeout {self.settings.timeout:g}s): {detail}"
-            ) from None
+        return self._repeating(fn)[0]
+
+    def _repeating(self, fn: Callable[[], T]) -> tuple[T, bool]:
+        """Run one request; when its member fails, repeat it on another until the timeout.
+        Returns the answer and whether the request was repeated.
+
+        Repeating is safe: reads are reads, and every write is a transaction that compares a
+        revision, so a write whose answer was lost (it did happen) fails its compare the second
+        time; the writes below then recognise their own value."""
+        deadline = time.monotonic() + self.settings.timeout
+        pause = 0.05
+        repeated = False
+        while True:
+            try:
+                return fn(), repeated
+            except self._failover as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise self._unavailable(exc) from None
+                repeated = True
+                self.retried += 1
+                time.sleep(pause)
+                pause = min(pause * 2, 0.4)
+            except self._errors as exc:
+                raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> DatastoreUnavailable:
+        detail = str(exc) or type(exc).__name__
+        return DatastoreUnavailable(
+            f"etcd at {self.settings.endpoints} is unreachable (timeout {self.settings.timeout:g}s): {detail}"
+        )
 
     def get(self, key: str) -> KV | None:
         value, meta = self._call(lambda: self._client.get(key))
@@ -128,43 +163,49 @@ class EtcdDatastore(Datastore):
         items = self._call(lambda: list(self._client.get_prefix(prefix, sort_order="ascend", sort_target="key")))
         return [KV(m.key.decode(), v.decode(), int(m.mod_revision), int(m.create_revision)) for v, m in items]
 
-    def _txn(self, key: str, compare: Any, success: builtins.list[Any]) -> tuple[bool, int, KV | None]:
-        """Run compare → success, else read the key; return (ok, new revision, current kv on failure)."""
-        ok, responses = self._call(
+    def _txn(self, key: str, compare: Any, success: builtins.list[Any]) -> tuple[bool, int, KV | None, bool]:
+        """Run compare → success, else read the key; return (ok, new revision, current kv on
+        failure, whether the request was repeated)."""
+        (ok, responses), repeated = self._repeating(
             lambda: self._client.transaction(compare=[compare], success=success, failure=[self._tx.get(key)])
         )
         if ok:
             header = responses[0].response_put.header if responses[0].HasField("response_put") else None
             if header is None:
                 header = responses[0].response_delete_range.header
-            return True, int(header.revision), None
+            return True, int(header.revision), None, repeated
         found = responses[0] if responses else []
         if not found:
-            return False, 0, None
+            return False, 0, None, repeated
         value, meta = found[0]
-        return False, 0, KV(key, value.decode(), int(meta.mod_revision), int(meta.create_revision))
+        return False, 0, KV(key, value.decode(), int(meta.mod_revision), int(meta.create_revision)), repeated
 
     def create(self, key: str, value: str) -> KV:
-        ok, rev, _ = self._txn(key, self._tx.create(key) == 0, [self._tx.put(key, value)])
-        if not ok:
-            raise KeyExists(key)
-        return KV(key, value, rev, rev)
+        ok, rev, current, repeated = self._txn(key, self._tx.create(key) == 0, [self._tx.put(key, value)])
+        if ok:
+            return KV(key, value, rev, rev)
+        if repeated and current is not None and current.value == value:
+            return current  # the first request was applied; only its answer was lost
+        raise KeyExists(key)
 
     def update(self, key: str, value: str, revision: int) -> KV:
-        ok, rev, current = self._txn(key, self._tx.mod(key) == revision, [self._tx.put(key, value)])
+        ok, rev, current, repeated = self._txn(key, self._tx.mod(key) == revision, [self._tx.put(key, value)])
         if ok:
             return KV(key, value, rev, 0)
         if current is None:
             raise KeyNotFound(key)
+        if repeated and current.value == value:
+            return current  # the first request was applied; only its answer was lost
         raise RevisionConflict(key, revision)
 
     def delete(self, key: str, revision: int | None = None) -> None:
         if revision is None:
-            if not self._call(lambda: self._client.delete(key)):
-                raise KeyNotFound(key)
+            deleted, repeated = self._repeating(lambda: self._client.delete(key))
+            if not deleted and not repeated:
+                raise KeyNotFound(key)  # (after a repeat, "not found" may be the first request's doing)
             return
-        ok, _, current = self._txn(key, self._tx.mod(key) == revision, [self._tx.delete(key)])
-        if ok:
+        ok, _, current, repeated = self._txn(key, self._tx.mod(key) == revision, [self._tx.delete(key)])
+        if ok or (repeated and current is None):
             return
         if current is None:
             raise KeyNotFound(key)

@@ -19,6 +19,7 @@ from pycni.calico.model import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTA
 from pycni.calico.pools import Pools
 from pycni.plugins import common
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPConfig, Result
 
@@ -31,7 +32,7 @@ def _resolve_pools(store: Datastore, names: list[str], version: int, key: str) -
     out: list[IPNetwork] = []
     for entry in names:
         try:
-            cidr: IPNetwork = ipaddress.ip_network(entry, strict=False)
+            cidr: IPNetwork = ipaddr.network(entry, strict=False)
             pool = next((p for p in pools.all() if p.cidr == cidr), None)
             label = str(cidr)
         except ValueError:
@@ -66,7 +67,7 @@ def add(call: CmdArgs) -> Result:
             ipam = IPAM(store, env=call.env, log=ctx.log)
             if requested:
                 try:
-                    ip = ipaddress.ip_address(requested)
+                    ip = ipaddr.address(requested)
                 except ValueError:
                     raise CNIError(
                         Code.INVALID_ENVIRONMENT_VARIABLES, f"CNI_ARGS IP={requested!r} is not an IP address"

@@ -96,7 +96,7 @@ def add(call: CmdArgs) -> Result:
 
 def check(call: CmdArgs) -> None:
     config = load(call)
-    with Store(config.data_dir, config.network) as store:
+    with Store(config.data_dir, config.network, create=False) as store:
         held = store.held_by(call.container_id, call.ifname)
     if not held:
         raise CNIError(Code.UNKNOWN_CONTAINER, f"Failed to find address added by container {call.container_id}")
@@ -109,7 +109,7 @@ def check(call: CmdArgs) -> None:
 
 def delete(call: CmdArgs) -> None:
     config = load(call, strict=False)
-    with Store(config.data_dir, config.network, call.env) as store:
+    with Store(config.data_dir, config.network, call.env, create=False) as store:
         store.release_attachment(call.container_id, call.ifname)
 
 
@@ -117,7 +117,7 @@ def gc(call: CmdArgs) -> None:
     config = load(call, strict=False)
     valid = valid_attachments(call)
     valid_ids = {container_id for container_id, _ in valid}
-    with Store(config.data_dir, config.network) as store:
+    with Store(config.data_dir, config.network, create=False) as store:
         for ip, holder in store.allocations().items():
             keep = holder.container_id in valid_ids if holder.ifname is None else (holder.container_id, holder.ifname) in valid
             if not keep:
@@ -128,7 +128,7 @@ def gc(call: CmdArgs) -> None:
 
 def status(call: CmdArgs) -> None:
     config = load(call)
-    with Store(config.data_dir, config.network) as store:
+    with Store(config.data_dir, config.network, create=False) as store:
         for range_set in config.range_sets:
             if allocator.free(store, range_set) <= 0:
                 raise CNIError(Code.PLUGIN_NOT_AVAILABLE, f"no IP addresses available in range set: {range_set}")

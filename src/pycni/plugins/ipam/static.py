@@ -8,11 +8,11 @@ the addresses that contain them), `args.cni.ips` and then the `ips` capability
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec import version as versions
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import DNS, IPAddress, IPConfig, IPInterface, Result, Route
@@ -29,7 +29,7 @@ class Address:
 def _cidr(text: Any, where: str, code: int = Code.INVALID_NETWORK_CONFIG) -> IPInterface:
     if isinstance(text, str) and "/" in text:
         try:
-            return ipaddress.ip_interface(text.strip())
+            return ipaddr.interface(text.strip())
         except ValueError:
             pass
     raise CNIError(code, f"invalid CIDR {text!r} in {where}: an address with a prefix length, e.g. 10.10.0.5/24")
@@ -68,7 +68,7 @@ def _addresses(call: CmdArgs) -> list[Address]:
 
 def _gateway(text: Any, where: str, code: int = Code.INVALID_NETWORK_CONFIG) -> IPAddress:
     try:
-        return ipaddress.ip_address(str(text).strip())
+        return ipaddr.address(str(text).strip())
     except ValueError:
         raise CNIError(code, f"invalid gateway address {text!r} in {where}") from None
 

@@ -33,6 +33,7 @@ from pycni.net import attachment, netns
 from pycni.plugins import common
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
@@ -61,7 +62,7 @@ def _container_routes(ctx: cni.Context) -> list[dataplane.IPNetwork]:
         for entry in ctx.conf.ipam.raw.get("routes") or []:
             if isinstance(entry, dict) and isinstance(entry.get("dst"), str):
                 try:
-                    routes.append(ipaddress.ip_network(entry["dst"], strict=False))
+                    routes.append(ipaddr.network(entry["dst"], strict=False))
                 except ValueError:
                     raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {entry['dst']!r}") from None
     if not routes:
@@ -81,7 +82,7 @@ def _workload(ctx: cni.Context, mtu: int, addresses: list[IPInterface], host_vet
         routes=_container_routes(ctx),
         num_queues=ctx.conf.num_queues,
         allow_ip_forwarding=ctx.conf.allow_ip_forwarding,
-        env=ctx.call.env,
+        owner=f"{ctx.ids.namespace}.{ctx.ids.pod}" if ctx.ids.pod else ctx.ids.container_id,
     )
 
 

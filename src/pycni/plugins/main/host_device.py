@@ -109,7 +109,21 @@ def _read(path: str) -> Lent | None:
 
 
 def load(call: CmdArgs) -> Lent | None:
-    return _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    """The caller's record; not another attachment's whose file name is the same
+    (container "a-b" interface "c" and container "a" interface "b-c")."""
+    lent = _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    return lent if lent is None or (lent.container_id, lent.ifname) == (call.container_id, call.ifname) else None
+
+
+def _refuse_foreign_record(call: CmdArgs) -> None:
+    lent = _read(_record_path(call.conf.name, call.container_id, call.ifname))
+    if lent is not None and (lent.container_id, lent.ifname) != (call.container_id, call.ifname):
+        raise CNIError(
+            Code.CONFLICT,
+            f"host-device: {lent.path} records device {lent.state.device} lent to container {lent.container_id!r} "
+            f"interface {lent.ifname!r}",
+            "the two attachments' record names collide (<containerID>-<ifname>.json); nothing was changed",
+        )
 
 
 def records(network: str) -> list[Lent]:
@@ -124,7 +138,15 @@ def records(network: str) -> list[Lent]:
 
 
 def forget(path: str) -> None:
-    common.remove_record(path.removesuffix(common.PARTIAL))
+    """Drop a record (and what a killed write of it left), and the network's directory (and
+    ours) once empty: a refused ADD leaves nothing behind, not even a directory."""
+    path = path.removesuffix(common.PARTIAL)
+    common.remove_record(path)
+    for directory in (os.path.dirname(path), STATE_DIR):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break  # not empty (or already gone)
 
 
 def give_back(state: DeviceState) -> bool:
@@ -141,6 +163,7 @@ def add(call: CmdArgs) -> Result:
     common.require_netns(call)
     if conf.pci and hostdevice.is_userspace_driven(conf.pci):
         return Result(cni_version=call.cni_version)  # a DPDK device: nothing to move or configure
+    _refuse_foreign_record(call)
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)

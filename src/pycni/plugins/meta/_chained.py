@@ -21,7 +21,7 @@ from pycni.spec.result import IPInterface, Result
 
 # nftables refuses comments longer than 128 characters; iptables allows 255.
 MAX_TAG = 120
-_SAFE_TAG = re.compile(r"^[A-Za-z0-9_.\-@+=]+$")
+_SAFE_TAG = re.compile(r"^[A-Za-z0-9_.\-@+=]+\Z")
 
 
 def owner_tag(network: str, container_id: str, ifname: str) -> str:

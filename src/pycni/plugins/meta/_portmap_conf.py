@@ -5,10 +5,10 @@ Shared by the plugin and its two backends (nftables, iptables).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
@@ -86,7 +86,7 @@ def parse_mappings(raw: list[object]) -> list[PortMapping]:
         host_ip: IPAddress | None = None
         if host_ip_text:
             try:
-                host_ip = ipaddress.ip_address(host_ip_text)
+                host_ip = ipaddr.address(host_ip_text)
             except ValueError:
                 raise CNIError(
                     Code.INVALID_NETWORK_CONFIG, f"{where}: invalid hostIP {host_ip_text!r}: not an IP address"
@@ -108,9 +108,15 @@ def parse_mappings(raw: list[object]) -> list[PortMapping]:
 
 
 def _conditions(fields: Fields, key: str) -> list[str] | None:
+    """Extra matches, passed to nft or iptables-restore as text: a line break or another control
+    character would start a command of its own there, so they are refused for both backends."""
     if key not in fields:
         return None
-    return fields.get_str_list(key)
+    conditions = fields.get_str_list(key)
+    for item in conditions:
+        if any(not c.isprintable() for c in item):
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{key}: {item!r} contains a line break or another control character")
+    return conditions
 
 
 def looks_like_iptables(conditions: list[str]) -> bool:

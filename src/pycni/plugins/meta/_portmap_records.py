@@ -22,12 +22,13 @@ from typing import Any
 
 from pycni import faults
 from pycni.plugins import common
+from pycni.spec.errors import CNIError, Code
 
 log = logging.getLogger("pycni.plugin.portmap")
 
 STATE_DIR = "/run/pycni/portmap"
 VERSION = 1
-_SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@+=]+$")
+_SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@+=]+\Z")
 
 
 @dataclass(frozen=True)
@@ -88,17 +89,31 @@ def _load(file: str) -> Record | None:
 
 
 def read(network: str, container_id: str, ifname: str) -> Record | None:
-    return _load(path(network, container_id, ifname))
+    """The attachment's record; not another's whose file name is the same (container "a_b"
+    interface "c" and container "a" interface "b_c")."""
+    record = _load(path(network, container_id, ifname))
+    return record if record is None or (record.container_id, record.ifname) == (container_id, ifname) else None
 
 
 def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
-    common.write_record(path(record.network, record.container_id, record.ifname), record.to_dict(), env, "portmap-record-tmp")
+    file = path(record.network, record.container_id, record.ifname)
+    other = _load(file)
+    if other is not None and (other.container_id, other.ifname) != (record.container_id, record.ifname):
+        raise CNIError(
+            Code.CONFLICT,
+            f"portmap: {file} is the record of container {other.container_id!r} interface {other.ifname!r}",
+            "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
+        )
+    common.write_record(file, record.to_dict(), env, "portmap-record-tmp")
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:
-    """Drop the record (and what a killed write of it left); True when it was the network's
-    last one (its directory is gone too)."""
-    common.remove_record(path(network, container_id, ifname))
+    """Drop the record and what a killed write of it left (not another attachment's of the
+    same file name); True when it was the network's last one (its directory is gone too)."""
+    file = path(network, container_id, ifname)
+    other = _load(file)
+    if other is None or (other.container_id, other.ifname) == (container_id, ifname):
+        common.remove_record(file)
     return remove_network_dir(network)
 
 

@@ -137,6 +137,20 @@ def _create_ifb(ipr: netlink.IPRoute, name: str, mtu: int, alias: str) -> int:
     return index
 
 
+def _delete_ifb(ipr: netlink.IPRoute, name: str, tag: str) -> None:
+    """Delete the attachment's ifb, never another attachment's: the name is a hash of network +
+    container ID (as the reference names it), the same for network "n1" container "abc" and
+    network "n" container "1abc"; our ifbs say whose they are in their alias. One without our
+    alias (the reference's) is taken to be the caller's, as the reference's DEL takes it."""
+    found = ipr.link_lookup(ifname=name)
+    if found:
+        alias = str(ipr.get_links(found[0])[0].get_attr("IFLA_IFALIAS") or "")
+        if alias.startswith(ALIAS_PREFIX) and alias != ALIAS_PREFIX + tag:
+            log.warning("ifb %s belongs to %s, not to %s: left alone", name, alias[len(ALIAS_PREFIX) :], tag)
+            return
+    _delete_link(ipr, name)
+
+
 def _delete_link(ipr: netlink.IPRoute, name: str) -> None:
     found = ipr.link_lookup(ifname=name)
     if found:
@@ -176,7 +190,7 @@ def add(call: CmdArgs) -> Result:
             tc.delete_root_tbf(ipr, index)
             tc.delete_ingress(ipr, index)
             if limits.shapes_egress:
-                _delete_link(ipr, ifb)
+                _delete_ifb(ipr, ifb, _chained.call_tag(call))  # not the one whose name we collided with
             raise
     return result
 
@@ -219,7 +233,7 @@ def delete(call: CmdArgs) -> None:
             tc.delete_root_tbf(ipr, host_index)
             tc.delete_ingress(ipr, host_index)
             faults.checkpoint(call.env, "qdiscs-deleted")
-        _delete_link(ipr, ifb)
+        _delete_ifb(ipr, ifb, _chained.call_tag(call))
 
 
 def gc(call: CmdArgs) -> None:

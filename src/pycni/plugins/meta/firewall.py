@@ -33,6 +33,7 @@ from pycni import faults
 from pycni.net import nft
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
+from pycni.spec import names
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
 
@@ -63,6 +64,17 @@ def _conf(call: CmdArgs) -> tuple[str, int]:
     return policy, f.get_int("markBit", DEFAULT_MARK_BIT, minimum=0, maximum=31)
 
 
+def _link_name(name: str) -> str:
+    """An interface name from prevResult, which goes into the nftables script as a quoted
+    string: it must be a Linux interface name and hold no quote or backslash."""
+    problem = names.interface_name_problem(name)
+    if problem is None and any(c in name for c in '"\\'):
+        problem = f"interface name {name!r} contains a quote or a backslash"
+    if problem is not None:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"prevResult: {problem}: it cannot be used in an nftables rule")
+    return name
+
+
 def _bridge(prev: Result, policy: str) -> str | None:
     """The bridge the container hangs off: the first host-side interface, as the reference takes it."""
     if policy == "open":
@@ -73,12 +85,12 @@ def _bridge(prev: Result, policy: str) -> str | None:
             Code.INVALID_NETWORK_CONFIG,
             f'ingressPolicy "{policy}" needs the bridge in prevResult: chain "firewall" after "bridge"',
         )
-    return host_side[0]
+    return _link_name(host_side[0])
 
 
 def _ports(prev: Result, bridge: str | None) -> list[str]:
     """The container's bridge ports: the host-side interfaces other than the bridge (its veth)."""
-    ports = [i.name for i in prev.interfaces if not i.sandbox and i.name != bridge]
+    ports = [_link_name(i.name) for i in prev.interfaces if not i.sandbox and i.name != bridge]
     if not ports:
         raise CNIError(
             Code.INVALID_NETWORK_CONFIG,

@@ -38,7 +38,7 @@ log = logging.getLogger("pycni.plugin.tuning")
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _mac(value: str, where: str) -> str:
 def parse(call: CmdArgs) -> Tuning:
     f = call.conf.fields
     conf = Tuning(
-        data_dir=f.get_str("dataDir") or DEFAULT_DATA_DIR,
+        data_dir=f.get_path("dataDir") or DEFAULT_DATA_DIR,
         sysctls=_sysctl_map(f, "sysctl"),
         mac=f.get_str("mac"),
         promisc=f.get_bool("promisc", False),
@@ -122,6 +122,16 @@ def sysctl_path(key: str, ifname: str) -> str:
 
 def record_path(data_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(data_dir, f"{container_id}_{ifname}.json")
+
+
+def _foreign(record: dict[str, Any] | None, call: CmdArgs) -> bool:
+    """Whether a record belongs to another attachment: `<containerID>_<ifname>.json` is the
+    same file for container "a_b" interface "c" and container "a" interface "b_c". A record
+    the reference plugin wrote does not say whose it is: it is taken to be the caller's."""
+    if not record:
+        return False
+    owner = (record.get("containerID", call.container_id), record.get("ifname", call.ifname))
+    return owner != (call.container_id, call.ifname)
 
 
 def _read_record(path: str) -> dict[str, Any] | None:
@@ -202,6 +212,15 @@ def add(call: CmdArgs) -> Result:
     conf = parse(call)
     paths = {sysctl_path(k, call.ifname): v for k, v in conf.sysctls.items()}
     path = record_path(conf.data_dir, call.container_id, call.ifname)
+    existing = _read_record(path)
+    if _foreign(existing, call):
+        assert existing is not None
+        raise CNIError(
+            Code.CONFLICT,
+            f"tuning: {path} holds the saved settings of container {existing.get('containerID')!r} "
+            f"interface {existing.get('ifname')!r}",
+            "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
+        )
     with netlink.route(call.netns) as ipr:
         link = _link(ipr, call.ifname)
         record = _snapshot(link, conf)
@@ -272,13 +291,18 @@ def check(call: CmdArgs) -> None:
 
 def delete(call: CmdArgs) -> None:
     """Restore what ADD changed and drop the record; best effort, as the reference."""
-    data_dir = call.conf.fields.raw("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(data_dir, str):
-        data_dir = DEFAULT_DATA_DIR
+    try:
+        data_dir = call.conf.fields.get_path("dataDir") or DEFAULT_DATA_DIR
+    except CNIError as err:
+        log.warning("tuning DEL: %s; ADD refuses such a configuration, so there is no record to restore", err)
+        return
     path = record_path(data_dir, call.container_id, call.ifname)
     record = _read_record(path)
     if record is None:
         common.remove_record(path)  # what a killed write of it may have left
+        return
+    if _foreign(record, call):
+        log.warning("tuning DEL: %s is the record of another attachment (%s); left alone", path, record.get("containerID"))
         return
     if record and call.netns and netns.exists(call.netns):
         try:
@@ -292,7 +316,7 @@ def delete(call: CmdArgs) -> None:
 def gc(call: CmdArgs) -> None:
     """Remove this network's records of attachments that are not valid any more, and the
     temporary files of their writes that a killed ADD left."""
-    data_dir = call.conf.fields.get_str("dataDir") or DEFAULT_DATA_DIR
+    data_dir = call.conf.fields.get_path("dataDir") or DEFAULT_DATA_DIR
     valid = _chained.valid_tags(call)
     try:
         names = os.listdir(data_dir)

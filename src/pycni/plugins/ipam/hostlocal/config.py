@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.skel import CmdArgs
+from pycni.spec import ipaddr
 from pycni.spec import version as versions
 from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
@@ -57,7 +58,7 @@ class Range:
         raw = Fields(data, where)
         text = raw.get_str("subnet", required=True)
         try:
-            iface = ipaddress.ip_interface(text)
+            iface = ipaddr.interface(text)
         except ValueError:
             raise _bad(where, f"subnet {text!r} is not a network in CIDR notation") from None
         subnet = iface.network
@@ -154,7 +155,7 @@ def _parse_ip(text: Any, source: str) -> IPAddress:
     if isinstance(text, str):
         try:
             # The `ips` capability may carry a prefix length, which host-local ignores.
-            return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
+            return ipaddr.interface(text).ip if "/" in text else ipaddr.address(text)
         except ValueError:
             pass
     raise CNIError(code, f"{source}: {text!r} is not an IP address")
@@ -182,8 +183,8 @@ def load(call: CmdArgs, strict: bool = True) -> Config:
     config = Config(
         network=call.conf.name,
         range_sets=[],
-        data_dir=ipam.get_str("dataDir") or DEFAULT_DATA_DIR,
-        resolv_conf=ipam.get_str("resolvConf"),
+        data_dir=ipam.get_path("dataDir") or DEFAULT_DATA_DIR,
+        resolv_conf=ipam.get_path("resolvConf"),
     )
     try:
         config.range_sets = _range_sets(call, ipam)

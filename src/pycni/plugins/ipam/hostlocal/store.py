@@ -18,12 +18,12 @@ address; Go's host-local skips it too) and the next call that opens the store re
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pycni import faults
+from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
 
@@ -51,17 +51,21 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 class Store:
     """The directory of one network, locked while open (`with Store(...) as store:`)."""
 
-    def __init__(self, data_dir: str, network: str, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+    def __init__(self, data_dir: str, network: str, env: Mapping[str, str] = faults.NO_FAULTS, create: bool = True) -> None:
         self.dir = os.path.join(data_dir, network)
+        self.create = create
         self._lock_fd = -1
         self._env = env  # the call's environment, for fault injection (pycni.faults)
         self._prepared = ""  # the holder written to RESERVING, linked under each address tried
 
     def __enter__(self) -> Store:
+        if not self.create and not os.path.isdir(self.dir):
+            return self  # nothing was ever allocated: a read or a release has nothing to lock (or to create)
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
             # Go's filemutex opens the lock read-only with O_CREAT, mode 0750.
-            self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
+            flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW  # not a file a planted symlink names
+            self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), flags, 0o750)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._remove(self._path(RESERVING))  # a killed process's, if any: ours now that we hold the lock
         except (OSError, CNIError) as exc:
@@ -122,14 +126,24 @@ class Store:
         self._prepared = holder
 
     def _write(self, name: str, text: str) -> None:
-        fd = os.open(self._path(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        """Replace a file through `.<name>.tmp` (never write through a symlink planted in its
+        place). The temporary name is fixed, so a killed process leaves at most one, which the
+        next writer (holding the lock, like this one) removes."""
+        tmp = self._path(f".{name}.tmp")
+        self._remove(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                fh.write(text)
+            os.replace(tmp, self._path(name))
+        except BaseException:
+            self._remove(tmp)
+            raise
 
     def last_reserved(self, range_set: int) -> IPAddress | None:
         try:
             with open(self._path(LAST_RESERVED + str(range_set))) as fh:
-                return ipaddress.ip_address(fh.read().strip())
+                return ipaddr.address(fh.read().strip())
         except (OSError, ValueError):
             return None
 
@@ -153,7 +167,7 @@ class Store:
             raise _io_error(f"cannot read the store {self.dir}", exc) from None
         for entry in entries:
             try:
-                ip = ipaddress.ip_address(entry.name)
+                ip = ipaddr.address(entry.name)
             except ValueError:
                 continue  # lock, last_reserved_ip.N
             name = entry.name
