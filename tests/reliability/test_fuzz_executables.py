@@ -30,6 +30,9 @@ def test_fuzzed_executables(fuzz_world: World) -> None:
         plugin_type = data.draw(st.sampled_from(plugin_types()), label="plugin")
         base = world.env(plugin_type)
         env = data.draw(inputs.environment(base, inputs.cni_args(world.args_values())), label="env")
+        # execve cannot carry a NUL (or a name with "=") in the environment: no runtime can send
+        # one; in-process fuzzing covers them.
+        env = {k: v.replace("\x00", "") for k, v in env.items() if k and "=" not in k and "\x00" not in k}
         if data.draw(st.booleans(), label="undecodable bytes"):
             var = data.draw(st.sampled_from(["CNI_IFNAME", "CNI_CONTAINERID", "CNI_ARGS", "CNI_NETNS"]))
             env[var] = env.get(var, "") + "\udcff\udc80"  # bytes 0xff 0x80 in the real environment
