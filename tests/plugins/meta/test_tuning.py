@@ -188,3 +188,19 @@ def test_missing_container_interface_is_a_clear_error(plugin_dir: Path, netns: N
     out = run_plugin(plugin_dir / "tuning", "ADD", conf, netns=netns.path)
     assert out.returncode == 1 and out.json["code"] == 7 and "container interface eth0 not found" in out.json["msg"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refused_link_settings_leave_no_data_dir(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
+    """Found by fuzzing: an ADD the kernel refused (or an out-of-range txQLen) left the
+    dataDir it had created for its record. Out of range is code 7 naming the key; a value the
+    kernel refuses is rolled back, the directory with it."""
+    netns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}], "ips": []}
+    data_dir = tmp_path / "tuning"
+    base = {"cniVersion": "1.0.0", "name": "n", "type": "tuning", "dataDir": str(data_dir), "prevResult": prev}
+    out = run_plugin(plugin_dir / "tuning", "ADD", {**base, "txQLen": 2**63}, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and "txQLen" in out.json["msg"], out.stdout
+    out = run_plugin(plugin_dir / "tuning", "ADD", {**base, "promisc": True, "mtu": 70000}, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] != 999, out.stdout
+    assert not data_dir.exists()
+    assert "PROMISC" not in link(netns)["flags"] and link(netns)["mtu"] == 1500

@@ -35,6 +35,7 @@ from pycni.spec.result import Result
 ABOUT = "CNI tuning plugin (pycni)"
 log = logging.getLogger("pycni.plugin.tuning")
 
+U32_MAX = 2**32 - 1  # mtu and txQLen are u32 netlink attributes
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
@@ -82,9 +83,9 @@ def parse(call: CmdArgs) -> Tuning:
         sysctls=_sysctl_map(f, "sysctl"),
         mac=f.get_str("mac"),
         promisc=f.get_bool("promisc", False),
-        mtu=f.get_int("mtu", 0, minimum=0),
+        mtu=f.get_int("mtu", 0, minimum=0, maximum=U32_MAX),
         allmulti=f.get_bool("allmulti") if "allmulti" in f else None,
-        txqlen=f.get_int("txQLen", 0, minimum=0) if "txQLen" in f else None,
+        txqlen=f.get_int("txQLen", 0, minimum=0, maximum=U32_MAX) if "txQLen" in f else None,
     )
     env_mac = call.cni_args_dict(known=("MAC",)).get("MAC", "")
     if env_mac:
@@ -100,11 +101,11 @@ def parse(call: CmdArgs) -> Tuning:
     if "promisc" in args:
         conf.promisc = args.get_bool("promisc")
     if "mtu" in args:
-        conf.mtu = args.get_int("mtu", 0, minimum=0)
+        conf.mtu = args.get_int("mtu", 0, minimum=0, maximum=U32_MAX)
     if "allmulti" in args:
         conf.allmulti = args.get_bool("allmulti")
     if "txQLen" in args:
-        conf.txqlen = args.get_int("txQLen", 0, minimum=0)
+        conf.txqlen = args.get_int("txQLen", 0, minimum=0, maximum=U32_MAX)
     if conf.mac:
         conf.mac = _mac(conf.mac, "mac")
     return conf
@@ -227,6 +228,7 @@ def add(call: CmdArgs) -> Result:
     if paths:
         record["sysctl"] = {k: sysctl.read(k, call.netns) for k in paths}
     wrote_record = False
+    made_dir = not os.path.isdir(conf.data_dir)  # a refused ADD must not leave it behind either
     if conf.changes_link or paths:
         record.update(network=call.conf.name, containerID=call.container_id, ifname=call.ifname)
         common.write_record(path, record, call.env, "tuning-record-tmp")
@@ -253,6 +255,11 @@ def add(call: CmdArgs) -> Result:
                 _restore(call, record)
             finally:
                 common.remove_record(path)
+                if made_dir:
+                    try:
+                        os.rmdir(conf.data_dir)
+                    except OSError:
+                        pass  # another attachment's record is there by now
         raise
     result = prev.copy()
     if conf.mac:
