@@ -131,6 +131,16 @@ def check_failed(plugin: str, problems: list[str], code: int = Code.KERNEL) -> C
 PARTIAL = ".tmp"  # a record being written; left behind only by a killed process
 
 
+def create_new(path: str, mode: int = 0o600) -> int:
+    """Open `path` for writing as a new file. Whatever had that name (what a killed writer
+    left, a symlink planted to a file elsewhere) is removed first, never written through."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
 def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS, point: str = "") -> None:
     """Write `body` as JSON to `path` atomically: to `<path>.tmp`, then renamed over it.
 
@@ -140,13 +150,8 @@ def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS
     partial = path + PARTIAL
     for attempt in range(5):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        # A name planted there (a symlink to a file elsewhere) is removed, never written through.
         try:
-            os.unlink(partial)
-        except FileNotFoundError:
-            pass
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = create_new(partial)
             break
         except FileNotFoundError:  # another attachment's DEL removed the emptied directory just now
             if attempt == 4:

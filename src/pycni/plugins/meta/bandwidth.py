@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from pycni import faults
-from pycni.net import netlink, netns, tc
+from pycni.net import links, netlink, netns, tc
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
 from pycni.spec.config import Fields
@@ -112,12 +112,12 @@ def host_interface(call: CmdArgs, prev: Result) -> tuple[int, str]:
     _chained.container_interface_index(prev, call.ifname, call.netns)
     peer = _peer_index(call.netns, call.ifname)
     with netlink.route(None) as ipr:
-        links = ipr.get_links(peer) if ipr.link_lookup(index=peer) else []
-        if not links:
+        host_end = links.by_index(ipr, peer)
+        if host_end is None:
             raise CNIError(
                 Code.INVALID_NETWORK_CONFIG, f"the veth peer (index {peer}) of {call.ifname} is not in the host namespace"
             )
-        name = str(links[0].get_attr("IFLA_IFNAME"))
+        name = str(host_end.get_attr("IFLA_IFNAME"))
     if not any(i.name == name and not i.sandbox for i in prev.interfaces):
         log.info("host veth %s of %s is not listed in prevResult; shaping it all the same", name, call.ifname)
     return peer, name
@@ -142,23 +142,14 @@ def _delete_ifb(ipr: netlink.IPRoute, name: str, tag: str) -> None:
     container ID (as the reference names it), the same for network "n1" container "abc" and
     network "n" container "1abc"; our ifbs say whose they are in their alias. One without our
     alias (the reference's) is taken to be the caller's, as the reference's DEL takes it."""
-    found = ipr.link_lookup(ifname=name)
-    if found:
-        alias = str(ipr.get_links(found[0])[0].get_attr("IFLA_IFALIAS") or "")
-        if alias.startswith(ALIAS_PREFIX) and alias != ALIAS_PREFIX + tag:
-            log.warning("ifb %s belongs to %s, not to %s: left alone", name, alias[len(ALIAS_PREFIX) :], tag)
-            return
-    _delete_link(ipr, name)
-
-
-def _delete_link(ipr: netlink.IPRoute, name: str) -> None:
-    found = ipr.link_lookup(ifname=name)
-    if found:
-        try:
-            ipr.link("del", index=found[0])
-        except Exception as exc:  # noqa: BLE001
-            if not netlink.is_errno(exc, netlink.ENODEV, netlink.ENOENT):
-                raise CNIError(Code.KERNEL, f"cannot delete {name}: {exc}") from None
+    found = links.get(ipr, name)
+    if found is None:
+        return
+    alias = str(found.get_attr("IFLA_IFALIAS") or "")
+    if alias.startswith(ALIAS_PREFIX) and alias != ALIAS_PREFIX + tag:
+        log.warning("ifb %s belongs to %s, not to %s: left alone", name, alias[len(ALIAS_PREFIX) :], tag)
+        return
+    links.delete(ipr, found["index"])
 
 
 def add(call: CmdArgs) -> Result:
@@ -250,4 +241,4 @@ def gc(call: CmdArgs) -> None:
                 continue
             tag = alias[len(ALIAS_PREFIX) :]
             if tag.split(" ", 1)[0] in own_network and tag not in valid:
-                _delete_link(ipr, str(link.get_attr("IFLA_IFNAME")))
+                links.delete(ipr, link["index"])

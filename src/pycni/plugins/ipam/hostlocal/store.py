@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pycni import faults
+from pycni.plugins.common import create_new
 from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
@@ -119,8 +120,7 @@ class Store:
     def _prepare(self, holder: str) -> None:
         """Write the holder to a new RESERVING file (never into an old one: a killed process may
         have left it linked to an address it took)."""
-        self._remove(self._path(RESERVING))
-        fd = os.open(self._path(RESERVING), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = create_new(self._path(RESERVING), 0o644)
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(holder)
         self._prepared = holder
@@ -130,8 +130,7 @@ class Store:
         place). The temporary name is fixed, so a killed process leaves at most one, which the
         next writer (holding the lock, like this one) removes."""
         tmp = self._path(f".{name}.tmp")
-        self._remove(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = create_new(tmp, 0o644)
         try:
             with os.fdopen(fd, "w", newline="") as fh:
                 fh.write(text)
