@@ -201,3 +201,47 @@ def test_etcd_from_the_environment_and_a_config_file_and_every_ipam_problem(etcd
     listed = yaml.safe_load(got.stdout)
     assert listed["kind"] == "WorkloadEndpointList"
     assert sorted(i["metadata"]["name"] for i in listed["items"]) == ["n1-k8s-ghost-eth0", "n1-k8s-web-eth0"]
+
+
+NODE_YAML = """
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node-a
+spec:
+  bgp:
+    ipv4Address: 10.0.0.1/24
+"""
+
+
+def test_label_sets_updates_refuses_and_removes(tmp_path: Path) -> None:
+    (tmp_path / "node.yaml").write_text(NODE_YAML)
+    assert ctl(tmp_path, "create", "-f", str(tmp_path / "node.yaml")).returncode == 0
+    out = ctl(tmp_path, "label", "nodes", "node-a", "rack=1")
+    assert out.returncode == 0 and out.stdout == "Successfully set label rack on nodes node-a\n", out.stderr
+    again = ctl(tmp_path, "label", "nodes", "node-a", "rack=2")
+    assert again.returncode == 1
+    assert "key rack is already present. please use '--overwrite' to set a new value" in again.stderr
+    over = ctl(tmp_path, "label", "nodes", "node-a", "rack=2", "--overwrite")
+    assert over.stdout == "Successfully updated label rack on nodes node-a\n"
+    node = json.loads(ctl(tmp_path, "get", "node", "node-a", "-o", "json").stdout)
+    assert node["metadata"]["labels"] == {"rack": "2"}
+    assert node["spec"]["bgp"]["ipv4Address"] == "10.0.0.1/24"
+    removed = ctl(tmp_path, "label", "nodes", "node-a", "rack", "--remove")
+    assert removed.stdout == "Successfully removed label rack from nodes node-a\n"
+    missing = ctl(tmp_path, "label", "nodes", "node-a", "rack", "--remove")
+    assert "cannot remove label of nodes node-a, key rack does not exist" in missing.stderr
+    assert "nodes nobody not found" in ctl(tmp_path, "label", "nodes", "nobody", "a=b").stderr
+    wide = ctl(tmp_path, "get", "nodes", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "ASN", "IPV4", "IPV6"]
+    assert wide[1].split() == ["node-a", "(64512)", "10.0.0.1/24"]
+    assert ctl(tmp_path, "delete", "node", "node-a").stdout == "Successfully deleted 1 'Node' resource(s)\n"
+    assert ctl(tmp_path, "get", "nodes").stdout == "NAME   \n\n"
+
+
+def test_a_bad_document_in_a_file_writes_none_of_it(tmp_path: Path) -> None:
+    bad = POOL_YAML + "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool-c}\nspec: {cidr: nonsense}\n"
+    (tmp_path / "pools.yaml").write_text(bad)
+    out = ctl(tmp_path, "apply", "-f", str(tmp_path / "pools.yaml"))
+    assert out.returncode == 1 and "nonsense" in out.stderr
+    assert ctl(tmp_path, "get", "ippools").stdout == "NAME   CIDR   SELECTOR   \n\n"

@@ -11,16 +11,29 @@ import datetime
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pycni.calico import model
 from pycni.calico.datastore import KV, Datastore, KeyExists, KeyNotFound, RevisionConflict
 
 API_VERSION = "projectcalico.org/v3"
-IPPOOL = ("IPPool", "ippools", False)
-WORKLOAD_ENDPOINT = ("WorkloadEndpoint", "workloadendpoints", True)
-NODE = ("Node", "nodes", False)
-CLUSTER_INFORMATION = ("ClusterInformation", "clusterinformations", False)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A resource type: its `kind`, the key segment it is stored under (libcalico-go's plural,
+    lower case) and whether its names are per namespace."""
+
+    kind: str
+    plural: str
+    namespaced: bool = False
+
+
+IPPOOL = Kind("IPPool", "ippools")
+WORKLOAD_ENDPOINT = Kind("WorkloadEndpoint", "workloadendpoints", namespaced=True)
+NODE = Kind("Node", "nodes")
+CLUSTER_INFORMATION = Kind("ClusterInformation", "clusterinformations")
 
 Resource = dict[str, Any]
 
@@ -33,12 +46,21 @@ class ResourceError(Exception):
     """A resource operation that cannot proceed (exists, missing, conflict): the message says which."""
 
 
+class ValidationError(ResourceError):
+    """A resource that is not valid, naming the field and the value, as libcalico-go's
+    validator reports it: `error with field spec.selector = 'a ==' (invalid selector: ...)`."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"error with field {field} = '{value}' ({reason})")
+        self.field, self.value, self.reason = field, value, reason
+
+
 class Resources:
     """Create, get, list, update and delete one kind of resource."""
 
-    def __init__(self, store: Datastore, kind: tuple[str, str, bool]) -> None:
+    def __init__(self, store: Datastore, kind: Kind) -> None:
         self.store = store
-        self.kind, self.plural, self.namespaced = kind
+        self.kind, self.plural, self.namespaced = kind.kind, kind.plural, kind.namespaced
 
     def _key(self, name: str, namespace: str | None) -> str:
         return model.resource_key(self.plural, name, namespace if self.namespaced else None)

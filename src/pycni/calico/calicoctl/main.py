@@ -4,8 +4,11 @@
     calicoctl ipam check [--show-all-ips] [--show-problem-ips] [-o FILE]
     calicoctl ipam release --ip=IP
     calicoctl ipam configure --strictaffinity=true|false [--max-blocks-per-host=N]
-    calicoctl get (ippools|workloadendpoints) [NAME...] [-n NS | -A] [-o ps|wide|yaml|json]
-    calicoctl create|apply|replace|delete -f FILE      calicoctl delete ippool NAME
+    calicoctl get KIND [NAME...] [-n NS | -A] [-o ps|wide|yaml|json]
+    calicoctl create|apply|replace|delete -f FILE      calicoctl delete KIND NAME...
+    calicoctl label KIND NAME key=value [--overwrite] | key --remove  [-n NS]
+
+KIND is any type in pycni.calico.calicoctl.kinds (ippools, workloadendpoints, nodes, ...).
 
 Global: -c/--config FILE (default /etc/calico/calicoctl.cfg, else the environment).
 """
@@ -20,19 +23,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pycni.calico.calicoctl import datastorecfg, output, tables
+from pycni.calico.calicoctl import datastorecfg, kinds, output, tables
 from pycni.calico.datastore import Datastore, DatastoreError, UnsupportedDatastore, open_datastore
-from pycni.calico.endpoints import Endpoints
+from pycni.calico.endpoints import EndpointNameError, Endpoints
 from pycni.calico.ipam import IPAM
 from pycni.calico.model import IPAMConfig
-from pycni.calico.pools import PoolError, Pools
-from pycni.calico.resources import IPPOOL, ResourceError, Resources
+from pycni.calico.pools import PoolError
+from pycni.calico.resources import ResourceError, ValidationError
 from pycni.spec.errors import CNIError
-
-KINDS = {
-    **dict.fromkeys(["ippool", "ippools", "ipp", "ipps", "pool", "pools"], "IPPool"),
-    **dict.fromkeys(["workloadendpoint", "workloadendpoints", "wep", "weps"], "WorkloadEndpoint"),
-}
 
 
 class CommandError(Exception):
@@ -236,18 +234,20 @@ def ipam_configure(args: argparse.Namespace, store: Datastore) -> str:
 # -- resources ----------------------------------------------------------------------
 
 
-def _kind(name: str) -> str:
-    kind = KINDS.get(name.lower())
-    if kind is None:
-        raise CommandError(f"Failed to get resources: resource type '{name}' is not supported (ippools, workloadendpoints)")
-    return kind
+def _manager(name: str, verb: str = "get") -> kinds.Manager:
+    manager = kinds.by_name().get(name.lower())
+    if manager is None:
+        what = "get resources" if verb == "get" else "execute command"
+        raise CommandError(f"Failed to {what}: resource type '{name}' is not supported ({', '.join(kinds.supported())})")
+    return manager
 
 
 def get(args: argparse.Namespace, store: Datastore) -> str:
-    kind = _kind(args.kind)
-    namespaced = kind == "WorkloadEndpoint"
+    manager = _manager(args.kind)
+    kind = manager.kind.kind
+    namespaced = manager.kind.namespaced
     namespace = None if args.all_namespaces or not namespaced else (args.namespace or "default")
-    res = Endpoints(store) if namespaced else Resources(store, IPPOOL)
+    res = manager.resources(store)
     if args.names:
         items = [obj for n in args.names if (obj := res.get(n, namespace or "default")) is not None]
         if not items:
@@ -263,110 +263,137 @@ def get(args: argparse.Namespace, store: Datastore) -> str:
         return output.to_json(document)
     if fmt not in ("ps", "wide"):
         raise CommandError(f"unrecognized output format '{fmt}'")
-    wide = fmt == "wide"
-    if kind == "IPPool":
-        heads = (
-            ["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"]
-            if wide
-            else ["NAME", "CIDR", "SELECTOR"]
-        )
-        rows = []
-        for obj in items:
-            spec = obj["spec"]
-            values = {
-                "NAME": obj["metadata"]["name"],
-                "CIDR": spec.get("cidr", ""),
-                "NAT": str(bool(spec.get("natOutgoing"))).lower(),
-                "IPIPMODE": spec.get("ipipMode") or "Never",
-                "VXLANMODE": spec.get("vxlanMode") or "Never",
-                "DISABLED": str(bool(spec.get("disabled"))).lower(),
-                "DISABLEBGPEXPORT": str(bool(spec.get("disableBGPExport"))).lower(),
-                "SELECTOR": spec.get("nodeSelector", ""),
-            }
-            rows.append([values[h] for h in heads])
-        return tables.ps_table(heads, rows)
-    heads = (
-        ["NAME", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE", "PROFILES", "NATS"]
-        if wide
-        else ["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
-    )
-    if args.all_namespaces or args.namespace:
+    heads = list(manager.wide_headings if fmt == "wide" else manager.headings)
+    if namespaced and (args.all_namespaces or args.namespace):
         heads = ["NAMESPACE", *heads]
     rows = []
     for obj in items:
-        spec = obj["spec"]
-        values = {
-            "NAMESPACE": obj["metadata"].get("namespace", ""),
-            "NAME": obj["metadata"]["name"],
-            "WORKLOAD": spec.get("workload") or spec.get("pod", ""),
-            "NODE": spec.get("node", ""),
-            "NETWORKS": ",".join(spec.get("ipNetworks") or []),
-            "INTERFACE": spec.get("interfaceName", ""),
-            "PROFILES": ",".join(spec.get("profiles") or []),
-            "NATS": ",".join(f"{{{n.get('internalIP', '')} {n.get('externalIP', '')}}}" for n in spec.get("ipNATs") or []),
-        }
-        rows.append([values[h] for h in heads])
+        cells = {"NAMESPACE": obj["metadata"].get("namespace", ""), **manager.columns(obj)}
+        rows.append([cells.get(h, "") for h in heads])
     return tables.ps_table(heads, rows)
 
 
 _DONE = {"create": "created", "apply": "applied", "replace": "replaced", "delete": "deleted"}
 
 
-def modify(args: argparse.Namespace, store: Datastore) -> str:
+def _documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     action = args.command
     if args.filename is None:
         if action != "delete" or not args.kind or not args.names:
             raise CommandError(f"Invalid option: 'calicoctl {action}' needs -f <FILENAME>")
-        docs: list[dict[str, Any]] = [
-            {"kind": _kind(args.kind), "metadata": {"name": n, "namespace": args.namespace or "default"}} for n in args.names
+        manager = _manager(args.kind, action)
+        namespace = (args.namespace or "default") if manager.kind.namespaced else None
+        return [
+            {"kind": manager.kind.kind, "metadata": {"name": n, **({"namespace": namespace} if namespace else {})}}
+            for n in args.names
         ]
-    else:
-        try:
-            text = sys.stdin.read() if args.filename == "-" else open(args.filename).read()  # noqa: SIM115
-        except OSError as exc:
-            raise CommandError(f"Failed to execute command: {exc.strerror}: {args.filename}") from None
-        try:
-            docs = output.load_documents(text, args.filename)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-    pools = Pools(store)
-    done = 0
-    kinds = set()
+    try:
+        text = sys.stdin.read() if args.filename == "-" else open(args.filename).read()  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"Failed to execute command: {exc.strerror}: {args.filename}") from None
+    try:
+        return output.load_documents(text, args.filename)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def modify(args: argparse.Namespace, store: Datastore) -> str:
+    action = args.command
+    docs = _documents(args)
+    managers = kinds.by_kind()
+    # Every document is checked before any is written: a bad file changes nothing.
+    plan: list[tuple[kinds.Manager, dict[str, Any]]] = []
     for doc in docs:
         kind = str(doc.get("kind", ""))
-        kinds.add(kind)
         if doc.get("apiVersion", "projectcalico.org/v3") != "projectcalico.org/v3":
             raise CommandError(f"Failed to execute command: apiVersion {doc.get('apiVersion')!r} is not projectcalico.org/v3")
-        if kind != "IPPool":
-            if kind == "WorkloadEndpoint" and action == "delete":
-                meta: dict[str, Any] = doc.get("metadata") or {}
-                wep, ns = str(meta.get("name", "")), str(meta.get("namespace") or "default")
-                _apply_or_fail(lambda wep=wep, ns=ns: Endpoints(store).delete(wep, ns), action, kind)
-                done += 1
-                continue
-            raise CommandError(f"Failed to execute command: resource type {kind!r} is not supported here (IPPool)")
-        name = (doc.get("metadata") or {}).get("name", "")
-        if action == "create":
-            _apply_or_fail(lambda doc=doc: pools.create(doc), action, kind)
-        elif action == "replace":
-            _apply_or_fail(lambda doc=doc: pools.update(doc), action, kind)
-        elif action == "apply":
-            if pools.resources.get(name) is None:
-                _apply_or_fail(lambda doc=doc: pools.create(doc), action, kind)
-            else:
-                _apply_or_fail(lambda doc=doc: pools.update(doc), action, kind)
+        manager = managers.get(kind)
+        if manager is None:
+            raise CommandError(
+                f"Failed to execute command: resource type {kind!r} is not supported "
+                f"({', '.join(m.kind.kind for m in kinds.MANAGERS)})"
+            )
+        meta = doc.setdefault("metadata", {})
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise CommandError(f"Failed to execute command: error with field metadata.name = '' (a {kind} needs a name)")
+        if manager.kind.namespaced:
+            meta["namespace"] = meta.get("namespace") or args.namespace or "default"
         else:
-            _apply_or_fail(lambda name=name: pools.delete(name), action, kind)
-        done += 1
-    kind_text = "', '".join(sorted(kinds))
-    return f"Successfully {_DONE[action]} {done} '{kind_text}' resource(s)\n"
+            meta.pop("namespace", None)
+        if manager.validate is not None and action != "delete":
+            _apply_or_fail(lambda doc=doc, manager=manager: manager.validate(json.loads(json.dumps(doc))), action, kind)
+        plan.append((manager, doc))
+    for manager, doc in plan:
+        kind = manager.kind.kind
+        if action == "create":
+            _apply_or_fail(lambda doc=doc, m=manager: m.do_create(store, doc), action, kind)
+        elif action == "replace":
+            _apply_or_fail(lambda doc=doc, m=manager: m.do_update(store, doc), action, kind)
+        elif action == "apply":
+            meta = doc["metadata"]
+            if manager.resources(store).get(meta["name"], meta.get("namespace")) is None:
+                _apply_or_fail(lambda doc=doc, m=manager: m.do_create(store, doc), action, kind)
+            else:
+                _apply_or_fail(lambda doc=doc, m=manager: m.do_update(store, doc), action, kind)
+        else:
+            _apply_or_fail(lambda doc=doc, m=manager: m.do_delete(store, doc), action, kind)
+    kind_text = "', '".join(sorted({m.kind.kind for m, _ in plan}))
+    return f"Successfully {_DONE[action]} {len(plan)} '{kind_text}' resource(s)\n"
 
 
 def _apply_or_fail(fn: Any, action: str, kind: str) -> None:
     try:
         fn()
-    except (ResourceError, PoolError) as exc:
+    except (ResourceError, PoolError, EndpointNameError) as exc:
         raise CommandError(f"Failed to {action} '{kind}' resource: [{exc}]") from None
+
+
+def label(args: argparse.Namespace, store: Datastore) -> str:
+    """calicoctl label KIND NAME key=value [--overwrite] | key --remove: one label, read-modify-write."""
+    manager = _manager(args.kind, "label")
+    kind_word, name = args.kind, args.name
+    namespace = (args.namespace or "default") if manager.kind.namespaced else None
+    if args.remove:
+        key, value = args.label, ""
+    else:
+        key, sep, value = args.label.partition("=")
+        if not sep:
+            raise CommandError(f"invalid label {args.label}")
+    outcome = {"done": "set"}
+
+    def change(obj: dict[str, Any]) -> None:
+        labels = obj["metadata"].setdefault("labels", {})
+        if args.remove:
+            if key not in labels:
+                raise CommandError(f"cannot remove label of {kind_word} {name}, key {key} does not exist")
+            del labels[key]
+            outcome["done"] = "removed"
+        elif key in labels:
+            if not args.overwrite and labels[key] != value:
+                raise CommandError(
+                    f"failed to update label of {kind_word} {name}, key {key} is already present. "
+                    "please use '--overwrite' to set a new value"
+                )
+            labels[key] = value
+            outcome["done"] = "updated"
+        else:
+            labels[key] = value
+        if not labels:
+            obj["metadata"].pop("labels")
+        if manager.validate is not None:
+            manager.validate(json.loads(json.dumps(obj)))
+
+    if manager.resources(store).get(name, namespace) is None:
+        raise CommandError(f"{kind_word} {name} not found")
+    try:
+        manager.resources(store).modify(name, namespace, change)
+    except (ValidationError, PoolError) as exc:
+        raise CommandError(f"failed to update {kind_word} {name}, label not changed: {exc}") from None
+    except ResourceError:
+        raise CommandError(f"failed to update {kind_word} {name}, label not changed") from None
+    if outcome["done"] == "removed":
+        return f"Successfully removed label {key} from {kind_word} {name}\n"
+    return f"Successfully {outcome['done']} label {key} on {kind_word} {name}\n"
 
 
 # -- entry --------------------------------------------------------------------------
@@ -409,6 +436,14 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("names", nargs="*")
         p.add_argument("-n", "--namespace")
         p.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    labelp = sub.add_parser("label")
+    labelp.add_argument("kind")
+    labelp.add_argument("name")
+    labelp.add_argument("label", help="key=value, or key with --remove")
+    labelp.add_argument("--overwrite", action="store_true")
+    labelp.add_argument("--remove", action="store_true")
+    labelp.add_argument("-n", "--namespace")
+    labelp.add_argument("-c", "--config", default=argparse.SUPPRESS)
     return top
 
 
@@ -421,6 +456,8 @@ def run(argv: Sequence[str]) -> str:
             return handler[args.ipam_command](args, store)
         if args.command == "get":
             return get(args, store)
+        if args.command == "label":
+            return label(args, store)
         return modify(args, store)
     finally:
         store.close()

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pycni.calico.endpoints import order_spec
+from pycni.calico.calicoctl.kinds import order_resource_spec
 
 _META_ORDER = ["name", "generateName", "namespace", "uid", "resourceVersion", "creationTimestamp", "labels", "annotations"]
-_POOL_SPEC_ORDER = [
-    "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport", "blockSize", "nodeSelector", "allowedUses",
-]  # fmt: skip
 
 
 def ordered(obj: dict[str, Any]) -> dict[str, Any]:
@@ -19,13 +16,11 @@ def ordered(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
     out: dict[str, Any] = {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion", "projectcalico.org/v3")}
     out["metadata"] = {k: meta[k] for k in _META_ORDER if k in meta} | {k: v for k, v in meta.items() if k not in _META_ORDER}
-    spec = obj.get("spec") or {}
-    if obj.get("kind") == "WorkloadEndpoint":
-        out["spec"] = order_spec(spec)
-    else:
-        out["spec"] = {k: spec[k] for k in _POOL_SPEC_ORDER if k in spec} | {
-            k: v for k, v in spec.items() if k not in _POOL_SPEC_ORDER
-        }
+    if "spec" in obj or obj.get("kind") != "Profile":
+        out["spec"] = order_resource_spec(str(obj.get("kind", "")), obj.get("spec") or {})
+    for key, value in obj.items():
+        if key not in out:
+            out[key] = value  # e.g. a Node's status
     return out
 
 
