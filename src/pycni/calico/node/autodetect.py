@@ -62,9 +62,7 @@ def _filter(items: Sequence[Interface], include: Sequence[str], exclude: Sequenc
     inc = [re.compile(p) for p in include]
     exc = [re.compile(p) for p in exclude]
     return [
-        itf
-        for itf in items
-        if (not inc or any(p.search(itf.name) for p in inc)) and not any(p.search(itf.name) for p in exc)
+        itf for itf in items if (not inc or any(p.search(itf.name) for p in inc)) and not any(p.search(itf.name) for p in exc)
     ]
 
 
@@ -120,7 +118,9 @@ def autodetect(method: str, version: int, available: Sequence[Interface] | None 
     if kind == "can-reach":
         return _can_reach(method, arg.strip(), version, items)
     if kind == "kubernetes-internal-ip":
-        raise AutodetectError("IP autodetection method kubernetes-internal-ip needs a Kubernetes API server, which pycni cannot use")
+        raise AutodetectError(
+            "IP autodetection method kubernetes-internal-ip needs a Kubernetes API server, which pycni cannot use"
+        )
     raise AutodetectError(f"invalid IP autodetection method {method!r}")
 
 
@@ -150,7 +150,9 @@ def _can_reach(method: str, dest: str, version: int, items: Sequence[Interface])
     raise AutodetectError(f"IP autodetection method {method!r}: source address {source} towards {target} is on no interface")
 
 
-def find_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address, items: Sequence[Interface] | None = None) -> tuple[IPInterface, str] | None:
+def find_local(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, items: Sequence[Interface] | None = None
+) -> tuple[IPInterface, str] | None:
     """The interface address equal to `address` (with its prefix), None when no interface has it."""
     for itf in items if items is not None else interfaces(address.version):
         for addr in itf.addresses:

@@ -141,8 +141,7 @@ def load(env: Mapping[str, str]) -> NodeConfig:
     kind = env.get("DATASTORE_TYPE", "").strip() or EMBEDDED
     if kind == "kubernetes":
         raise ConfigError(
-            "DATASTORE_TYPE=kubernetes needs a Kubernetes API server, which pycni cannot use; "
-            f"use {', '.join(AVAILABLE)}"
+            f"DATASTORE_TYPE=kubernetes needs a Kubernetes API server, which pycni cannot use; use {', '.join(AVAILABLE)}"
         )
     if kind not in AVAILABLE:
         raise ConfigError(f"DATASTORE_TYPE={kind!r} is not one of {', '.join(AVAILABLE)}")
@@ -179,7 +178,9 @@ def load(env: Mapping[str, str]) -> NodeConfig:
     pool_env = {k: v for k, v in env.items() if k.startswith(("CALICO_IPV4POOL_", "CALICO_IPV6POOL_"))}
     no_default = env.get("NO_DEFAULT_POOLS", "").strip().lower() == "true"
     if no_default and (pool_env.get("CALICO_IPV4POOL_CIDR") or pool_env.get("CALICO_IPV6POOL_CIDR")):
-        raise ConfigError("Invalid configuration with NO_DEFAULT_POOLS defined and CALICO_IPV4POOL_CIDR or CALICO_IPV6POOL_CIDR defined.")
+        raise ConfigError(
+            "Invalid configuration with NO_DEFAULT_POOLS defined and CALICO_IPV4POOL_CIDR or CALICO_IPV6POOL_CIDR defined."
+        )
     return NodeConfig(
         nodename=nodename_from(env, nodename_file),
         ip=env.get("IP", "").strip(),

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pycni.calico.node.view import ClusterView, NodeInfo, sort_networks
+from pycni.calico.datastore import KV, WatchEvent
+from pycni.calico.node.view import POOLS_PREFIX, ClusterView, NodeInfo, sort_networks
 from pycni.calico.pools import Pool
 
 DEVICE = "tunl0"
 OVERHEAD = 20
 KERNEL_OPTION = "CONFIG_NET_IPIP"
-MISSING = f"this kernel has no IPIP tunnels ({KERNEL_OPTION}): IPIP pools cannot be used; set ipipMode Never and use vxlanMode instead"
+MISSING = (
+    f"this kernel has no IPIP tunnels ({KERNEL_OPTION}): IPIP pools cannot be used; set ipipMode Never and use vxlanMode instead"
+)
 
 
 class IPIPUnsupported(RuntimeError):
@@ -78,3 +83,45 @@ def wanted_routes(view: ClusterView, me: NodeInfo) -> list[IPIPRoute]:
         direct = pool.ipip_mode == "CrossSubnet" and me.ipv4 is not None and node.ipv4.ip in me.ipv4.network
         out.append(IPIPRoute(cidr, node.ipv4.ip, "" if direct else DEVICE))
     return out
+
+
+class IPIPComponent:
+    """Reports an IPIP pool this kernel cannot serve (not ready, naming CONFIG_NET_IPIP);
+    where the kernel has IPIP the routes component programs the tunl0 routes."""
+
+    name: str = "ipip"
+    prefixes: tuple[str, ...] = (POOLS_PREFIX,)
+
+    def __init__(self) -> None:
+        self.view = ClusterView()
+        self.supported: bool | None = None
+        self.problem = ""
+
+    def resync(self, listing: Sequence[KV]) -> None:
+        self.view.load(listing)
+        self.reconcile()
+
+    def on_events(self, events: Sequence[WatchEvent]) -> None:
+        if self.view.apply_events(events):
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        pools = sorted(p.name for p in self.view.pools.values() if uses_ipip(p))
+        if not pools:
+            self.problem = ""
+            return
+        if self.supported is None:
+            self.supported = kernel_supports_ipip()
+        if self.supported:
+            self.problem = ""
+            return
+        problem = f"IPPool {', '.join(pools)} uses ipipMode: {MISSING}"
+        if problem != self.problem:
+            logging.getLogger("calico-node").error("%s", problem)
+        self.problem = problem
+
+    def ready(self) -> str:
+        return self.problem
+
+    def close(self, *, cleanup: bool = False) -> None:
+        pass

@@ -101,8 +101,8 @@ def sync_routes(ipr: Any, version: int, wanted: Iterable[Route]) -> tuple[int, i
             _delete(ipr, current)
             deleted += 1
     for dst, (route, oif) in want.items():
-        current = have.get(dst)
-        if current is not None and current == _KernelRoute(dst, route.blackhole, route.gateway, oif, route.onlink):
+        existing = have.get(dst)
+        if existing is not None and existing == _KernelRoute(dst, route.blackhole, route.gateway, oif, route.onlink):
             continue
         kwargs: dict[str, Any] = {"dst": str(dst), "proto": ROUTE_PROTO, "table": MAIN_TABLE, "family": family_of(version)}
         if route.blackhole:
@@ -117,8 +117,8 @@ def sync_routes(ipr: Any, version: int, wanted: Iterable[Route]) -> tuple[int, i
         if route.mtu:
             kwargs["metrics"] = {"attrs": [["RTAX_MTU", route.mtu]]}
         try:
-            if current is not None and current.blackhole != route.blackhole:
-                _delete(ipr, current)
+            if existing is not None and existing.blackhole != route.blackhole:
+                _delete(ipr, existing)
             ipr.route("replace", **kwargs)
             written += 1
         except netlink.netlink_error() as exc:
@@ -127,7 +127,12 @@ def sync_routes(ipr: Any, version: int, wanted: Iterable[Route]) -> tuple[int, i
 
 
 def _delete(ipr: Any, route: _KernelRoute) -> None:
-    kwargs: dict[str, Any] = {"dst": str(route.dst), "proto": ROUTE_PROTO, "table": MAIN_TABLE, "family": family_of(route.dst.version)}
+    kwargs: dict[str, Any] = {
+        "dst": str(route.dst),
+        "proto": ROUTE_PROTO,
+        "table": MAIN_TABLE,
+        "family": family_of(route.dst.version),
+    }
     if route.blackhole:
         kwargs["type"] = RTN_BLACKHOLE
     try:

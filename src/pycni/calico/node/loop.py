@@ -22,6 +22,7 @@ part must not stop routing). Adding a component is adding it to the list given t
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -103,7 +104,7 @@ class MainLoop:
         try:
             fn()
             self.context.problems.pop(f"{comp.name}/{what}", None)
-        except Exception as exc:  # noqa: BLE001 - one component's failure must not stop the others
+        except Exception as exc:
             log.exception("Component %s failed in %s", comp.name, what)
             self.context.problems[f"{comp.name}/{what}"] = str(exc) or type(exc).__name__
             if self.metrics is not None:
@@ -129,13 +130,13 @@ class MainLoop:
     def _dispatch_listing(self, listing: Sequence[KV]) -> None:
         for comp in self.components:
             part = [kv for kv in listing if matches(comp, kv.key)]
-            self._guard(comp, "resync", lambda comp=comp, part=part: comp.resync(part))
+            self._guard(comp, "resync", functools.partial(comp.resync, part))
 
     def dispatch(self, events: Sequence[WatchEvent]) -> None:
         for comp in self.components:
             part = [e for e in events if matches(comp, e.key)]
             if part:
-                self._guard(comp, "events", lambda comp=comp, part=part: comp.on_events(part))
+                self._guard(comp, "events", functools.partial(comp.on_events, part))
 
     def reconcile_all(self) -> None:
         for comp in self.components:
@@ -188,7 +189,11 @@ class MainLoop:
         reader = threading.Thread(target=pump, name="calico-watch", daemon=True)
         reader.start()
         now = time.monotonic()
-        next_reconcile, next_resync, next_probe = now + self.reconcile_interval, now + self.resync_interval, now + self.probe_interval
+        next_reconcile, next_resync, next_probe = (
+            now + self.reconcile_interval,
+            now + self.resync_interval,
+            now + self.probe_interval,
+        )
         try:
             while not self.stopping.is_set():
                 self.heartbeat = time.monotonic()

@@ -49,15 +49,15 @@ def _elements(objects: list[dict[str, Any]]) -> set[str]:
                 out.add(str(ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")))
             elif isinstance(elem, dict) and "range" in elem:
                 low, high = (ipaddress.ip_address(x) for x in elem["range"])
-                out.update(str(n) for n in ipaddress.summarize_address_range(low, high))  # type: ignore[type-var]
+                out.update(str(n) for n in ipaddress.summarize_address_range(low, high))
             else:
                 out.add(str(ipaddress.ip_network(str(elem))))
     return out
 
 
 class NATComponent:
-    name = "nat"
-    prefixes = (POOLS_PREFIX,)
+    name: str = "nat"
+    prefixes: tuple[str, ...] = (POOLS_PREFIX,)
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx

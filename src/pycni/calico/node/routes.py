@@ -79,8 +79,8 @@ def wanted_routes(view: ClusterView, nodename: str, ipip_ok: bool = False) -> li
 
 
 class RoutesComponent:
-    name = "routes"
-    prefixes = (NODES_PREFIX, POOLS_PREFIX, model.BLOCKS_PREFIX)
+    name: str = "routes"
+    prefixes: tuple[str, ...] = (NODES_PREFIX, POOLS_PREFIX, model.BLOCKS_PREFIX)
 
     def __init__(self, ctx: NodeContext, ipip_ok: bool = False) -> None:
         self.ctx = ctx

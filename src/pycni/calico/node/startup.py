@@ -145,7 +145,9 @@ def _check_pools(cfg: NodeConfig, pools: list[Pool], want_v6: bool) -> list[int]
     for i, a in enumerate(pools):
         for b in pools[i + 1 :]:
             if a.version == b.version and a.cidr.overlaps(b.cidr):
-                raise StartupError(f"IPPool({a.name}) CIDR {a.cidr} overlaps with IPPool({b.name}) CIDR {b.cidr}: delete or change one")
+                raise StartupError(
+                    f"IPPool({a.name}) CIDR {a.cidr} overlaps with IPPool({b.name}) CIDR {b.cidr}: delete or change one"
+                )
     for pool in pools:
         if ipip.uses_ipip(pool) and not ipip.kernel_supports_ipip():
             raise StartupError(f"IPPool({pool.name}) has ipipMode {pool.ipip_mode}: {ipip.MISSING}")
@@ -191,7 +193,7 @@ def _check_pools(cfg: NodeConfig, pools: list[Pool], want_v6: bool) -> list[int]
 
 
 def _create_default_pools(store: Datastore, cfg: NodeConfig, versions: list[int]) -> None:
-    env = {k: v for k, v in cfg.pool_env.items()}
+    env = dict(cfg.pool_env)
     for version in versions:
         prefix = f"CALICO_IPV{version}POOL_"
         for key in ("IPIP", "VXLAN"):
@@ -282,7 +284,11 @@ def reconcile_tunnel_address(store: Datastore, nodename: str, version: int = 4) 
     if pools:
         if current:
             attr = ipam.assignment(ipaddress.ip_address(current))
-            ok = attr is not None and attr.secondary.get(model.ATTR_TYPE) == attr_type and attr.secondary.get(model.ATTR_NODE) == nodename
+            ok = (
+                attr is not None
+                and attr.secondary.get(model.ATTR_TYPE) == attr_type
+                and attr.secondary.get(model.ATTR_NODE) == nodename
+            )
             in_pool = any(ipaddress.ip_address(current) in p.cidr for p in pools)
             if ok and in_pool:
                 address = current
@@ -354,10 +360,14 @@ def run(store: Datastore, cfg: NodeConfig) -> NodeIdentity:
     interface = ""
     if cfg.backend != "none" or cfg.ip or cfg.ip6:
         v4_items = autodetect.interfaces(4)
-        ipv4, interface = resolve_address("IP", cfg.ip, cfg.ip_autodetection_method, 4, str(bgp.get("ipv4Address") or ""), v4_items)
+        ipv4, interface = resolve_address(
+            "IP", cfg.ip, cfg.ip_autodetection_method, 4, str(bgp.get("ipv4Address") or ""), v4_items
+        )
         if cfg.ip6 or bgp.get("ipv6Address"):
             v6_items = autodetect.interfaces(6)
-            ipv6, iface6 = resolve_address("IP6", cfg.ip6, cfg.ip6_autodetection_method, 6, str(bgp.get("ipv6Address") or ""), v6_items)
+            ipv6, iface6 = resolve_address(
+                "IP6", cfg.ip6, cfg.ip6_autodetection_method, 6, str(bgp.get("ipv6Address") or ""), v6_items
+            )
             interface = interface or iface6
     _check_conflicts(store, cfg.nodename, ipv4, ipv6)
     pools = Pools(store).all()

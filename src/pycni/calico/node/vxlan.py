@@ -53,8 +53,8 @@ def vxlan_enabled(view: ClusterView) -> bool:
 
 
 class VXLANComponent:
-    name = "vxlan"
-    prefixes = (NODES_PREFIX, POOLS_PREFIX)
+    name: str = "vxlan"
+    prefixes: tuple[str, ...] = (NODES_PREFIX, POOLS_PREFIX)
 
     def __init__(self, ctx: NodeContext, vni: int = 4096, port: int = 4789, mtu: int = 0) -> None:
         self.ctx = ctx

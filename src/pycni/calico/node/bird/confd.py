@@ -162,11 +162,18 @@ class Generator:
                 peer_asn = self.view.node_asn(node)
                 out.append(
                     Peer(
-                        name=_peer_name("Mesh", ip, version), ip=ip, asn=peer_asn, kind="mesh", source=mine,
-                        passive=ip > mine, import_filter=_import_filter(self.priority),
+                        name=_peer_name("Mesh", ip, version),
+                        ip=ip,
+                        asn=peer_asn,
+                        kind="mesh",
+                        source=mine,
+                        passive=ip > mine,
+                        import_filter=_import_filter(self.priority),
                         export_filter=_export_filter(peer_asn == asn, self.priority),
-                        restart_time=str(self.view.bgp_configs.get("default", {}).get("nodeMeshMaxRestartTime") or "").removesuffix("s"),
-                    )  # fmt: skip
+                        restart_time=str(
+                            self.view.bgp_configs.get("default", {}).get("nodeMeshMaxRestartTime") or ""
+                        ).removesuffix("s"),
+                    )
                 )
         seen: set[tuple[str, int]] = set()
         labels = me.label_map
@@ -215,9 +222,14 @@ class Generator:
             ttl = int(spec.get("ttlSecurity") or 0)  # type: ignore[call-overload]
             mode = str(spec.get("nextHopMode") or "")
             peer = Peer(
-                name=_peer_name(prefix, ip, version, port), ip=ip, asn=peer_asn, kind=prefix.lower(), port=port,
+                name=_peer_name(prefix, ip, version, port),
+                ip=ip,
+                asn=peer_asn,
+                kind=prefix.lower(),
+                port=port,
                 source=mine if spec.get("sourceAddress", "UseNodeIP") == "UseNodeIP" else "",
-                ttl_security=str(ttl) if ttl else "off", local_asn=local_asn,
+                ttl_security=str(ttl) if ttl else "off",
+                local_asn=local_asn,
                 restart_time=str(spec.get("maxRestartTime") or "").removesuffix("s"),
                 keepalive_time=str(spec.get("keepaliveTime") or "").removesuffix("s"),
                 next_hop_self=mode == "Self",
@@ -225,7 +237,7 @@ class Generator:
                 num_allow_local_as=int(spec.get("numAllowedLocalASNumbers") or 0),  # type: ignore[call-overload]
                 import_filter=_import_filter(self.priority),
                 export_filter=_export_filter(peer_asn == effective, self.priority),
-            )  # fmt: skip
+            )
             if peer.kind == "global" and calico_node and ip > mine:
                 peer.passive = True
             me = self.me
@@ -331,7 +343,11 @@ class Generator:
         else:
             out += ["  ttl security on;", f"  multihop {p.ttl_security};"]
         out += ["  import filter {", *(f"    {line}" for line in p.import_filter), "  };"]
-        out += ["  export filter {", *(f"    {line}" for line in p.export_filter), "  };  # Only want to export routes for workloads."]
+        out += [
+            "  export filter {",
+            *(f"    {line}" for line in p.export_filter),
+            "  };  # Only want to export routes for workloads.",
+        ]
         if p.passive:
             out.append("  passive on;")
         if p.restart_time:
@@ -353,7 +369,9 @@ class Generator:
         """(export: disabled-pool rejects, export: accepts, kernel programming) as processIPPools."""
         me = self.me
         local = me.ipv4 if (me is not None and version == 4) else None
-        rejects, accepts, kernel = [], [], []
+        rejects: list[str] = []
+        accepts: list[str] = []
+        kernel: list[str] = []
         for pool in self.view.pools.values():
             if pool.version != version:
                 continue
@@ -416,7 +434,11 @@ class Generator:
     def aggr(self, version: int) -> str:
         # confd lists the affinity keys: sorted as strings ("10.0.0.0-30" < "192...")
         blocks = sorted(
-            ((cidr, state) for (host, cidr), state in self.view.affinities.items() if host == self.nodename and cidr.version == version),
+            (
+                (cidr, state)
+                for (host, cidr), state in self.view.affinities.items()
+                if host == self.nodename and cidr.version == version
+            ),
             key=lambda item: str(item[0]).replace("/", "-"),
         )
         full = 32 if version == 4 else 128
