@@ -169,3 +169,37 @@ def validate_peer(obj: Resource) -> Resource:
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= 255:
             raise ValidationError("spec.ttlSecurity", ttl, "must be a hop count (0-255)")
     return _finish(obj, "BGPPeer", spec)
+
+
+CONFIG_SPEC_ORDER = (
+    "logSeverityScreen", "nodeToNodeMeshEnabled", "nodeMeshPassword", "nodeMeshMaxRestartTime", "asNumber",
+    "serviceLoadBalancerIPs", "serviceExternalIPs", "serviceClusterIPs", "communities", "prefixAdvertisements",
+    "listenPort", "bindMode", "ignoredInterfaces",
+)  # fmt: skip
+PEER_SPEC_ORDER = (
+    "node", "peerIP", "asNumber", "nodeSelector", "peerSelector", "keepOriginalNextHop", "password", "sourceAddress",
+    "maxRestartTime", "numAllowedLocalASNumbers", "ttlSecurity", "filters",
+)  # fmt: skip
+
+
+def config_columns(obj: Resource) -> dict[str, str]:
+    """calicoctl's BGPConfiguration table: an unset field shows empty, mesh as true/false."""
+    spec = obj.get("spec") or {}
+    mesh = spec.get("nodeToNodeMeshEnabled")
+    return {
+        "NAME": obj["metadata"]["name"],
+        "LOGSEVERITY": str(spec.get("logSeverityScreen", "")),
+        "MESHENABLED": "" if mesh is None else str(bool(mesh)).lower(),
+        "ASNUMBER": str(spec.get("asNumber", "")),
+    }
+
+
+def peer_columns(obj: Resource) -> dict[str, str]:
+    spec = obj.get("spec") or {}
+    node = spec.get("node") or (f"({spec['nodeSelector']})" if spec.get("nodeSelector") else "(global)")
+    return {
+        "NAME": obj["metadata"]["name"],
+        "PEERIP": str(spec.get("peerIP") or (f"({spec['peerSelector']})" if spec.get("peerSelector") else "")),
+        "NODE": str(node),
+        "ASN": str(spec.get("asNumber", "")),
+    }

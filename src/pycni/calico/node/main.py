@@ -136,6 +136,8 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
         return 1
     if only_startup:
         return 0
+    pid_file = os.path.join(cfg.run_dir, "calico-node.pid")  # calicoctl node status reads it
+    startup.write_file(pid_file, f"{os.getpid()}\n")
     sysctl.write("net.ipv4.ip_forward", "1")
     if identity.ipv6 is not None:
         sysctl.write("net.ipv6.conf.all.forwarding", "1")
@@ -207,11 +209,18 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
             server.stop()
         elif isinstance(server, tuple):
             server[0].shutdown()
+    try:
+        os.unlink(pid_file)
+    except OSError:
+        pass
     log.info("calico-node stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # grpc's fork handlers would run (and complain) at every BIRD start: calico-node never
+    # uses grpc in a child.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     flags, threshold, cleanup = _parse(sys.argv[1:] if argv is None else argv)
     if flags & set(PROBES):
         return probe(flags, threshold)
