@@ -139,8 +139,8 @@ class CalicoCluster:
         if info in self.pods:
             self.pods.remove(info)
 
-    def calicoctl(self, node: Node, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return node.run(str(VENV_BIN / "calicoctl"), *argv, env=self.env, check=check)
+    def calicoctl(self, node: Node, *argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return node.run(str(VENV_BIN / "calicoctl"), *argv, env=self.env, check=check, input=input)
 
     def routes(self, node: Node) -> list[str]:
         """The node's routes of calico-node (protocols 80 and bird), as text, sorted."""
