@@ -139,6 +139,21 @@ def test_node_joins_then_is_deleted(calico: CalicoCluster) -> None:
     cluster.remove_node(fourth)
 
 
+def settled_routes(cc: CalicoCluster, node: Node) -> list[str]:
+    """The node's routes once they stop changing (BGP converges within a few seconds)."""
+    last: list[list[str]] = [cc.routes(node)]
+
+    def unchanged() -> bool:
+        time.sleep(1.5)
+        now = cc.routes(node)
+        same = now == last[0]
+        last[0] = now
+        return same
+
+    wait_until(unchanged, timeout=60, interval=0, what="routes settled")
+    return last[0]
+
+
 def test_sigkill_and_restart_keeps_traffic_and_routes(calico: CalicoCluster) -> None:
     cluster = calico.cluster
     a, b = cluster.nodes[0], cluster.nodes[1]
@@ -148,7 +163,7 @@ def test_sigkill_and_restart_keeps_traffic_and_routes(calico: CalicoCluster) -> 
     if calico.mode == "bird":  # type: ignore[attr-defined]
         wait_until(lambda: established(calico, a, [b, cluster.nodes[2]]), timeout=60, what="BGP Established")
     wait_until(lambda: len(calico.routes(a)) >= 3, timeout=30, what="routes on a")
-    before = calico.routes(a)
+    before = settled_routes(calico, a)
     pinger = on_b.pod.popen("ping", "-n", "-i", "0.2", "-W", "1", on_a.ip, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         time.sleep(1)

@@ -81,7 +81,9 @@ class BirdProcess:
             # Started (and restarted) from the supervisor thread, which lives as long as the
             # daemon: PDEATHSIG follows the thread that forked.
             self.proc = subprocess.Popen(
-                [self.binary, "-f", "-c", self.config, "-s", self.socket_path],
+                # -R: graceful-restart recovery, as calico/node runs BIRD: the kernel routes it
+                # left (persist) stay until the sessions have refilled its table.
+                [self.binary, "-R", "-f", "-c", self.config, "-s", self.socket_path],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + 10
