@@ -167,7 +167,7 @@ def _gone(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def reach(src: PodInfo, dst: PodInfo, tcp: bool = True) -> str:
-    """"" when src reaches dst by ICMP (and TCP with `tcp`), else what failed."""
+    """ "" when src reaches dst by ICMP (and TCP with `tcp`), else what failed."""
     if not src.pod.ping(dst.ip, count=1, timeout=2) and not src.pod.ping(dst.ip, count=2, timeout=2):
         return f"ping {src.name}@{src.node.name} -> {dst.name}@{dst.node.name} ({dst.ip}) failed"
     if tcp:

@@ -126,9 +126,11 @@ def test_node_joins_then_is_deleted(calico: CalicoCluster) -> None:
     assert "Successfully deleted 1 'Node' resource(s)" in out.stdout
     for node in cluster.nodes[:3]:
         wait_until(
-            lambda node=node: str(block) not in _remote_state(calico, node)
-            and str(fourth.address.ip) not in _remote_state(calico, node)
-            and (not tunnel or tunnel not in _remote_state(calico, node)),
+            lambda node=node: (
+                str(block) not in _remote_state(calico, node)
+                and str(fourth.address.ip) not in _remote_state(calico, node)
+                and (not tunnel or tunnel not in _remote_state(calico, node))
+            ),
             timeout=30,
             what=f"{fourth.name}'s routes, neighbours and FDB entries gone from {node.name}",
         )

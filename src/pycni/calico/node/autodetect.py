@@ -92,6 +92,10 @@ def autodetect(method: str, version: int, available: Sequence[Interface] | None 
     if method == "first-found":
         return _first(_filter(items, (), DEFAULT_EXCLUDES), method, version)
     kind, sep, arg = method.partition("=")
+    if kind == "kubernetes-internal-ip":
+        raise AutodetectError(
+            "IP autodetection method kubernetes-internal-ip needs a Kubernetes API server, which pycni cannot use"
+        )
     if not sep:
         raise AutodetectError(
             f"invalid IP autodetection method {method!r}: use first-found, interface=REGEX, "
