@@ -175,7 +175,8 @@ def reach(src: PodInfo, dst: PodInfo, tcp: bool = True) -> str:
         server = dst.pod.popen(
             sys.executable, "-c",
             "import socket,sys\n"
-            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(8)\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(8)\n"
             "s.settimeout(20)\n"
             "c,_=s.accept(); c.sendall(b'pong'); c.close()\n",
             str(port),

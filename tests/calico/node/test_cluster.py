@@ -196,7 +196,10 @@ UDP_SERVER = (
     "    data, peer = s.recvfrom(100); seen[data.decode()] = peer[0]\n"
     "for k, v in seen.items(): print(k, v)\n"
 )
-UDP_SEND = "import socket,sys\nfor _ in range(5): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))\n"
+UDP_SEND = (
+    "import socket,sys\n"
+    "for _ in range(5): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))\n"
+)
 
 
 def test_nat_outgoing_masquerades_only_pools_with_it() -> None:

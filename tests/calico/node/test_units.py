@@ -183,9 +183,9 @@ def test_asn_and_bgp_resources_are_validated() -> None:
     ):
         with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
             validate_peer({"metadata": {"name": "p"}, "spec": spec})
-    with pytest.raises(ValidationError, match="spec.nodeToNodeMeshEnabled"):
+    with pytest.raises(ValidationError, match=r"spec\.nodeToNodeMeshEnabled"):
         validate_config({"metadata": {"name": "default"}, "spec": {"nodeToNodeMeshEnabled": "yes"}})
-    with pytest.raises(ValidationError, match="spec.asNumber"):
+    with pytest.raises(ValidationError, match=r"spec\.asNumber"):
         validate_config({"metadata": {"name": "node.a"}, "spec": {"asNumber": 65000}})
 
 
@@ -293,8 +293,10 @@ def test_calicoctl_bgp_kinds_and_node_delete_releases_its_blocks(tmp_path: Path,
     docs.write_text(
         "kind: BGPConfiguration\napiVersion: projectcalico.org/v3\nmetadata: {name: default}\n"
         "spec: {logSeverityScreen: Info, nodeToNodeMeshEnabled: false, asNumber: 63400}\n---\n"
-        "kind: BGPPeer\napiVersion: projectcalico.org/v3\nmetadata: {name: tor}\nspec: {peerIP: 192.0.2.1, asNumber: 64000}\n---\n"
-        "kind: BGPPeer\napiVersion: projectcalico.org/v3\nmetadata: {name: mine}\nspec: {node: n1, peerIP: 192.0.2.2, asNumber: 64001}\n"
+        "kind: BGPPeer\napiVersion: projectcalico.org/v3\nmetadata: {name: tor}\n"
+        "spec: {peerIP: 192.0.2.1, asNumber: 64000}\n---\n"
+        "kind: BGPPeer\napiVersion: projectcalico.org/v3\nmetadata: {name: mine}\n"
+        "spec: {node: n1, peerIP: 192.0.2.2, asNumber: 64001}\n"
     )
     assert "Successfully created 3 'BGPConfiguration', 'BGPPeer' resource(s)" in calicoctl(["create", "-f", str(docs)])
     table = calicoctl(["get", "bgpconfig"]).splitlines()
@@ -306,7 +308,7 @@ def test_calicoctl_bgp_kinds_and_node_delete_releases_its_blocks(tmp_path: Path,
     bad.write_text("kind: BGPPeer\napiVersion: projectcalico.org/v3\nmetadata: {name: x}\nspec: {peerIP: 192.0.2.9}\n")
     from pycni.calico.calicoctl.main import CommandError
 
-    with pytest.raises(CommandError, match="spec.asNumber"):
+    with pytest.raises(CommandError, match=r"spec\.asNumber"):
         calicoctl(["apply", "-f", str(bad)])
     store = SQLiteDatastore(str(tmp_path / "calico.db"))
     try:
