@@ -198,7 +198,8 @@ UDP_SERVER = (
 )
 UDP_SEND = (
     "import socket,sys\n"
-    "for _ in range(5): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(5): s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))\n"
 )
 
 
