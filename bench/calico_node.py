@@ -26,12 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pycni.calico import model  # noqa: E402
-from pycni.calico.datastore import DatastoreSettings, open_datastore  # noqa: E402
-from pycni.calico.ipam import IPAM  # noqa: E402
-from pycni.calico.node.startup import vxlan_mac  # noqa: E402
-from tests.calico.node.calicocluster import CalicoCluster, conflist  # noqa: E402
-from tests.cluster.harness import Cluster, wait_until  # noqa: E402
+from tests.calico.node.calicocluster import CalicoCluster, conflist
+from tests.cluster.harness import Cluster, wait_until
+
+from pycni.calico import model
+from pycni.calico.datastore import DatastoreSettings, open_datastore
+from pycni.calico.ipam import IPAM
+from pycni.calico.node.startup import vxlan_mac
 
 RECEIVER = (
     "import socket,sys,time\n"
@@ -96,7 +97,7 @@ def first_packet(samples: int, mode: str) -> list[float]:
                 one.delete_pod_netns(pod)
                 ipam = IPAM(store)
                 for cidr in ipam.affine_blocks(one.name, 4):
-                    if not ipaddress.ip_address(ip) in cidr:
+                    if ipaddress.ip_address(ip) not in cidr:
                         continue
                     ipam.release_block_affinity(one.name, cidr, require_empty=True)
                 time.sleep(0.5)
