@@ -47,6 +47,8 @@ class CalicoCluster:
     daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     pods: list[PodInfo] = field(default_factory=list)
     network: str = "k8s-pod-network"
+    #: more plugin directories after ours (e.g. /usr/lib/cni for portmap and bandwidth)
+    cni_path_extra: str = ""
 
     @classmethod
     def create(cls, cluster: Cluster, pool: str, env: dict[str, str]) -> CalicoCluster:
@@ -117,7 +119,7 @@ class CalicoCluster:
         env = dict(
             self.env,
             NETCONFPATH="/etc/cni/net.d",
-            CNI_PATH=str(self.plugin_dir),
+            CNI_PATH=":".join(p for p in (str(self.plugin_dir), self.cni_path_extra) if p),
             CNI_ARGS=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
         )
         return node.run(str(VENV_BIN / "pycni"), command, self.network, pod.path, env=env, check=False)
