@@ -3,13 +3,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit bench stress fuzz clean
+.PHONY: setup demo demo-cluster test lint typecheck unit bench stress fuzz clean
 
 setup:
 	@scripts/setup.sh
 
 demo: setup
 	@scripts/demo.sh
+
+# Three Calico nodes on one machine (calico-node, BIRD, one etcd), pods pinging across them.
+demo-cluster: setup
+	@scripts/demo-cluster.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

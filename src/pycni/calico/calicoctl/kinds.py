@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pycni.calico import bgp, nodes
 from pycni.calico.datastore import Datastore
 from pycni.calico.endpoints import Endpoints, order_spec
 from pycni.calico.pools import Pools, normalize
@@ -69,6 +70,11 @@ class Manager:
     create: Callable[[Datastore, Resource], Resource] | None = None
     update: Callable[[Datastore, Resource], Resource] | None = None
     delete: Callable[[Datastore, Resource], None] | None = None
+    #: table cells that need the datastore (e.g. a default read from another resource)
+    columns_in: Callable[[Datastore], Columns] | None = None
+
+    def columns_for(self, store: Datastore) -> Columns:
+        return self.columns_in(store) if self.columns_in is not None else self.columns
 
     def do_create(self, store: Datastore, doc: Resource) -> Resource:
         return (self.create or _generic_create(self.kind, self.validate))(store, doc)
@@ -162,6 +168,26 @@ MANAGERS: list[Manager] = [
         wide_headings=("NAME", "ASN", "IPV4", "IPV6"),
         columns=_node_columns,
         spec_order=("bgp", "ipv4VXLANTunnelAddr", "vxlanTunnelMACAddr", "ipv6VXLANTunnelAddr", "vxlanTunnelMACAddrV6"),
+        columns_in=nodes.node_columns,
+        delete=nodes.delete_node,
+    ),
+    Manager(
+        bgp.BGP_CONFIGURATION,
+        names=("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"),
+        headings=("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"),
+        wide_headings=("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"),
+        columns=bgp.config_columns,
+        validate=bgp.validate_config,
+        spec_order=bgp.CONFIG_SPEC_ORDER,
+    ),
+    Manager(
+        bgp.BGP_PEER,
+        names=("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"),
+        headings=("NAME", "PEERIP", "NODE", "ASN"),
+        wide_headings=("NAME", "PEERIP", "NODE", "ASN"),
+        columns=bgp.peer_columns,
+        validate=bgp.validate_peer,
+        spec_order=bgp.PEER_SPEC_ORDER,
     ),
 ]
 

@@ -7,6 +7,7 @@
     calicoctl get KIND [NAME...] [-n NS | -A] [-o ps|wide|yaml|json]
     calicoctl create|apply|replace|delete -f FILE      calicoctl delete KIND NAME...
     calicoctl label KIND NAME key=value [--overwrite] | key --remove  [-n NS]
+    calicoctl node status
 
 KIND is any type in pycni.calico.calicoctl.kinds (ippools, workloadendpoints, nodes, ...).
 
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pycni.calico.calicoctl import datastorecfg, kinds, output, tables
+from pycni.calico.calicoctl import datastorecfg, kinds, node_status, output, tables
 from pycni.calico.datastore import Datastore, DatastoreError, UnsupportedDatastore, open_datastore
 from pycni.calico.endpoints import EndpointNameError, Endpoints
 from pycni.calico.ipam import IPAM
@@ -267,8 +268,9 @@ def get(args: argparse.Namespace, store: Datastore) -> str:
     if namespaced and (args.all_namespaces or args.namespace):
         heads = ["NAMESPACE", *heads]
     rows = []
+    columns = manager.columns_for(store)
     for obj in items:
-        cells = {"NAMESPACE": obj["metadata"].get("namespace", ""), **manager.columns(obj)}
+        cells = {"NAMESPACE": obj["metadata"].get("namespace", ""), **columns(obj)}
         rows.append([cells.get(h, "") for h in heads])
     return tables.ps_table(heads, rows)
 
@@ -444,11 +446,19 @@ def parser() -> argparse.ArgumentParser:
     labelp.add_argument("--remove", action="store_true")
     labelp.add_argument("-n", "--namespace")
     labelp.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    nodep = sub.add_parser("node", help="calico-node on this host")
+    node_sub = nodep.add_subparsers(dest="node_command", required=True)
+    node_sub.add_parser("status", help="calico-node and its BGP peers")
     return top
 
 
 def run(argv: Sequence[str]) -> str:
     args = parser().parse_args(list(argv))
+    if args.command == "node":
+        code, text = node_status.status(os.environ)
+        if code:
+            raise CommandError(text.rstrip("\n"))
+        return text
     store = _store(args)
     try:
         if args.command == "ipam":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pycni.calico.datastore import KV, WatchEvent
 
@@ -36,6 +36,9 @@ class NodeContext:
     mtu: int = 1500
     #: per-component readiness problems (component name -> message); empty when ready
     problems: dict[str, str] = field(default_factory=dict)
+    #: a prometheus_client CollectorRegistry to register a component's metrics in, None when
+    #: metrics are off (FELIX_PROMETHEUSMETRICSENABLED)
+    registry: Any = None
 
 
 class Component(Protocol):
