@@ -15,9 +15,11 @@ import os
 import stat
 import sys
 
-from pycni.agent.client import DEFAULT_SOCKET as DEFAULT_AGENT_SOCKET
-from pycni.plugins import registry
+from pycni import registry
 
+# Where launchers hand calls to the agent unless installed with another socket (`pycni agent
+# --socket`, `pycni plugins install --agent-socket`).
+DEFAULT_AGENT_SOCKET = "/run/pycni/agent.sock"
 MARKER = "# pycni-launcher"  # followed by the launcher format's version
 VERSION = "v2"
 

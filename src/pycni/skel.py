@@ -13,13 +13,12 @@ import dataclasses
 import importlib
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, NoReturn
 
-from pycni import logs
+from pycni import logs, registry, stdio
 from pycni.spec import args as cni_args
 from pycni.spec import jsonfmt, names
 from pycni.spec import version as versions
@@ -115,15 +114,7 @@ class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 def plugin_module(plugin: str | ModuleType) -> ModuleType:
     if isinstance(plugin, ModuleType):
         return plugin
-    from pycni.plugins import registry
-
     return importlib.import_module(registry.module_name(plugin))
-
-
-def plugin_type_of(module: ModuleType) -> str:
-    from pycni.plugins import registry
-
-    return registry.type_of(module.__name__)
 
 
 def supported_versions(module: ModuleType) -> tuple[str, ...]:
@@ -250,7 +241,7 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mod
         module = plugin_module(plugin)
     except CNIError as err:  # a launcher for a type this installation does not ship
         return error_outcome(err, stdin)
-    plugin_type = plugin if isinstance(plugin, str) else plugin_type_of(module)
+    plugin_type = plugin if isinstance(plugin, str) else registry.type_of(module.__name__)
     command = env.get("CNI_COMMAND", "")
     if command == "":
         return Outcome(stderr=_about(module, plugin_type), code=0)
@@ -348,14 +339,6 @@ def main(
         env = dict(os.environ)
     configure_process_logging(env)
     if stdin is None:
-        from pycni.agent.client import read_stdin
-
-        stdin = read_stdin(env.get("CNI_COMMAND", ""))
+        stdin = stdio.read_stdin(env.get("CNI_COMMAND", ""))
     outcome = dispatch(plugin_type, env, stdin, mode)
-    if outcome.stdout:
-        sys.stdout.buffer.write(outcome.stdout)
-        sys.stdout.buffer.flush()
-    if outcome.stderr:
-        sys.stderr.buffer.write(outcome.stderr)
-        sys.stderr.buffer.flush()
-    sys.exit(outcome.code)
+    stdio.emit(outcome.code, outcome.stdout, outcome.stderr)

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from pycni import launcher
-from pycni.plugins import registry
+from pycni import launcher, registry
 
 from ..conftest import PluginRun, run_plugin
 

@@ -34,10 +34,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from pycni import service, skel
+from pycni import registry, service, skel
 from pycni.agent import protocol
-from pycni.agent.client import DEFAULT_SOCKET
 from pycni.agent.ordering import AttachmentLines, Ticket
+from pycni.launcher import DEFAULT_AGENT_SOCKET
 from pycni.runtime.delegate import DELEGATED_ENV
 from pycni.spec.errors import CNIError, Code
 
@@ -129,7 +129,7 @@ class Agent:
 
     def __init__(
         self,
-        socket_path: str = DEFAULT_SOCKET,
+        socket_path: str = DEFAULT_AGENT_SOCKET,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         max_calls: int = DEFAULT_MAX_CALLS,
         resolve: Resolver = skel.plugin_module,
@@ -373,8 +373,6 @@ class Agent:
 def warm_up() -> list[str]:
     """Import every plugin and what they share, once, before the first call; return
     the problems met (a plugin that does not import is reported, not fatal)."""
-    from pycni.plugins import registry
-
     problems = []
     for plugin_type in registry.discover():
         try:

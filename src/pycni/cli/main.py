@@ -185,8 +185,7 @@ def cmd_version(opts: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_plugins(opts: argparse.Namespace, env: Env) -> int:
-    from pycni import launcher
-    from pycni.plugins import registry
+    from pycni import launcher, registry
 
     if opts.action == "list":
         found = registry.discover()
@@ -311,9 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _default_socket() -> str:
-    from pycni.agent.client import DEFAULT_SOCKET
+    from pycni.launcher import DEFAULT_AGENT_SOCKET
 
-    return DEFAULT_SOCKET
+    return DEFAULT_AGENT_SOCKET
 
 
 def _err_version() -> str:

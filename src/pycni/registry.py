@@ -3,6 +3,9 @@
 A plugin is the module `pycni.plugins.<kind>.<name>`; its type is the module name
 with `_` spelled `-` (`host_local` is `host-local`). Discovery lists the package
 directories and imports nothing, so it costs a plugin process nothing.
+
+It sits below everything that runs plugins (`skel`, the launchers, the agent, the CLI),
+and imports none of them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 from pycni.spec.errors import CNIError, Code
 
 KINDS = ("main", "ipam", "meta")
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
 
 def discover() -> dict[str, str]:
