@@ -9,6 +9,7 @@ handlers, the namespaces of the calling thread).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, NoReturn
 
-from pycni import logs, registry, stdio
+from pycni import faults, logs, registry, stdio
 from pycni.spec import args as cni_args
 from pycni.spec import jsonfmt, names
 from pycni.spec import version as versions
@@ -54,6 +55,9 @@ class CallMode:
     via_agent: bool = False
     agent_socket: str = ""  # the agent that serves the call, or the one the launcher tried
     agent_problem: str = ""  # why the agent did not serve it
+    # The call's PYCNI_FAULT and PYCNI_FAULT_TRACE are honoured (`pycni.faults`): in the plugin's
+    # own process, and in an agent started with --enable-fault-injection; never otherwise.
+    fault_injection: bool = False
 
 
 IN_PROCESS = CallMode()
@@ -249,8 +253,9 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mod
         return _version_outcome(module, stdin)
 
     try:
-        call = parse_call(plugin_type, module, env, stdin, mode)
-        return _run(module, call)
+        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
+            call = parse_call(plugin_type, module, env, stdin, mode)
+            return _run(module, call)
     except CNIError as err:
         return error_outcome(err, stdin)
     except Exception as exc:
@@ -334,7 +339,9 @@ def configure_process_logging(env: Mapping[str, str]) -> None:
 def main(
     plugin_type: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None, mode: CallMode = IN_PROCESS
 ) -> NoReturn:
-    """Run one call in this process (a launcher the agent did not serve) and exit as the plugin."""
+    """Run one call in this process (a launcher the agent did not serve) and exit as the plugin.
+    The process is the caller's own, so the caller's fault injection is honoured."""
+    mode = dataclasses.replace(mode, fault_injection=True)
     if env is None:
         env = dict(os.environ)
     configure_process_logging(env)

@@ -133,10 +133,13 @@ class Agent:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         max_calls: int = DEFAULT_MAX_CALLS,
         resolve: Resolver = skel.plugin_module,
+        fault_injection: bool = False,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
         self.call_timeout = call_timeout
         self.resolve = resolve
+        # Tests only: honour a call's PYCNI_FAULT (`pycni.faults`), which may SIGKILL the agent.
+        self.fault_injection = fault_injection
         self.lines = AttachmentLines()
         self._slots = threading.BoundedSemaphore(max_calls)
         self._listener: socket.socket | None = None
@@ -176,6 +179,8 @@ class Agent:
             raise
         self._listener = listener
         log.info("pycni agent %d listening on %s (call timeout %gs)", os.getpid(), self.socket_path, self.call_timeout)
+        if self.fault_injection:
+            log.warning("fault injection is enabled: a call's PYCNI_FAULT may kill this agent (for tests only)")
 
     def serve_forever(self) -> None:
         """Accept connections until `stop`; each is served on its own thread."""
@@ -316,7 +321,7 @@ class Agent:
             call.started = True
         started = time.monotonic()
         command = call.env.get("CNI_COMMAND", "")
-        mode = skel.CallMode(via_agent=True, agent_socket=self.socket_path)
+        mode = skel.CallMode(via_agent=True, agent_socket=self.socket_path, fault_injection=self.fault_injection)
         try:
             outcome = skel.dispatch(call.plugin, call.env, call.stdin, mode)
         except BaseException as exc:  # even SystemExit: one call must never end the agent

@@ -17,10 +17,8 @@ and a host veth left by an earlier sandbox of the same pod is replaced.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pycni import faults
 from pycni.net import attachment, sysctl
 from pycni.net.attachment import Address, Attachment, Link, Route, Sysctl
 
@@ -125,11 +123,11 @@ def _sysctls(w: Workload, att: Attachment, container: Link, host: Link) -> None:
         in_container("net/ipv6/conf/all/forwarding", forwarding)
 
 
-def remove(netns: str, ifname: str, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def remove(netns: str, ifname: str) -> None:
     """DEL: the container's interface, found by name, whatever it is (its veth peer and the
     host routes go with it); a missing namespace or interface is fine. The host end is not
     looked up by name: a newer sandbox of the same pod may own that name by now."""
     if netns:
         att = Attachment()
         att.add(Link(ifname, ns=netns, kind=""))
-        attachment.remove(att, env)
+        attachment.remove(att)

@@ -428,14 +428,14 @@ class IPAM:
                 return []
             if handle_id is not None:
                 self._change_handle(handle_id, cidr, len(ips))
-                faults.checkpoint(self.env, "handle-written")
+                faults.checkpoint("handle-written")
             try:
                 self._update_block(block, kv)
             except _Retry:
                 if handle_id is not None:
                     self._change_handle(handle_id, cidr, -len(ips))
                 raise
-            faults.checkpoint(self.env, "address-allocated")
+            faults.checkpoint("address-allocated")
             return ips
 
         return _retrying(attempt, f"assignment from block {cidr}")
@@ -543,14 +543,14 @@ class IPAM:
                 raise CNIError(Code.CONFLICT, f"cannot assign {ip}: {exc}") from None
             if handle_id is not None:
                 self._change_handle(handle_id, cidr, 1)
-                faults.checkpoint(self.env, "handle-written")
+                faults.checkpoint("handle-written")
             try:
                 self._update_block(block, kv)
             except _Retry:
                 if handle_id is not None:
                     self._change_handle(handle_id, cidr, -1)
                 raise
-            faults.checkpoint(self.env, "address-allocated")
+            faults.checkpoint("address-allocated")
 
         _retrying(attempt, f"assignment of {ip}")
 
@@ -626,7 +626,7 @@ class IPAM:
 
             ips = _retrying(attempt, f"release of handle {handle_id}")
             released.extend(ips)
-            faults.checkpoint(self.env, "address-released")
+            faults.checkpoint("address-released")
             # A handle may overcount (an interrupted assignment): forget blocks that hold nothing for it.
             self._change_handle(handle_id, cidr, -len(ips), drop=not ips)
         return released

@@ -7,7 +7,7 @@
     pycni plugins install DIR [TYPE ...] [--agent-socket PATH]
     pycni plugins list
     pycni netns add|del NAME
-    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] ...
+    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] [--enable-fault-injection] ...
 
 The environment is cnitool's: NETCONFPATH (default /etc/cni/net.d), CNI_PATH,
 CNI_IFNAME (default eth0), CNI_ARGS, CAP_ARGS (JSON), and CNI_CACHE_DIR (default
@@ -222,7 +222,9 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
     log_file = opts.log_file or logs.env_file(os.environ)
     logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
-    agent = server.Agent(opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls)
+    agent = server.Agent(
+        opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection
+    )
     try:
         return server.run(agent)
     except RuntimeError as exc:
@@ -282,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="N", help="rotate the log at this size")
     p.add_argument("--log-backups", type=int, default=5, metavar="N", help="rotated logs kept")
+    p.add_argument(
+        "--enable-fault-injection",
+        action="store_true",
+        help="for tests: honour a call's PYCNI_FAULT and PYCNI_FAULT_TRACE (pycni.faults), which can kill the agent",
+    )
     p.set_defaults(func=cmd_agent)
     p = sub.add_parser("netns", help="create or delete a named network namespace")
     p.add_argument("action", choices=("add", "del"))

@@ -67,7 +67,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -236,15 +236,14 @@ def _sockets() -> Iterator[_Sockets]:
 # -- ADD -------------------------------------------------------------------------
 
 
-def apply(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def apply(att: Attachment) -> None:
     """Create and configure everything; on failure undo what this call created and raise.
-    `env` is the call's environment: a fault-injection test may kill the call between
-    two steps (`pycni.faults`: link-created, sysctls-written, addressed, routes-added,
-    rules-applied)."""
+    A fault-injection test may kill the call between two steps (`pycni.faults`:
+    link-created, sysctls-written, addressed, routes-added, rules-applied)."""
     undo: list[Callable[[], None]] = []
     with _sockets() as sock:
         try:
-            _apply(att, sock, undo, env)
+            _apply(att, sock, undo)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -254,7 +253,7 @@ def apply(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
             raise
 
 
-def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env: Mapping[str, str]) -> None:
+def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> None:
     for link in att.links:
         if link.shared and link.name:
             _ensure_shared(sock, link)
@@ -263,17 +262,17 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env:
         if not link.shared and not link.index and id(link) not in created:
             _create(sock, link, undo)
             created.update({id(link), id(link.peer)})
-            faults.checkpoint(env, "link-created")
+            faults.checkpoint("link-created")
     _write_sysctls(att.sysctls)
     if att.sysctls:  # a step that did nothing is no boundary
-        faults.checkpoint(env, "sysctls-written")
+        faults.checkpoint("sysctls-written")
     for link in att.links:
         if link.index:  # a shared link's peer that was there already is left alone
             _configure(sock(link.ns), link)
     for address in att.addresses:
         _add_address(sock(address.link.ns), address, undo)
     if att.addresses:
-        faults.checkpoint(env, "addressed")
+        faults.checkpoint("addressed")
     for link in att.links:
         if link.pin_mac:
             _pin_mac(sock(link.ns), link)
@@ -288,7 +287,7 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env:
         if not route.shared and route.link.shared:
             undo.append(_undo(_delete_route, sock, route))
     if att.routes:
-        faults.checkpoint(env, "routes-added")
+        faults.checkpoint("routes-added")
     for link in att.links:
         if not link.index:
             continue
@@ -302,7 +301,7 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env:
     for rules in att.rules:
         rules.apply()
         undo.append(rules.remove)
-        faults.checkpoint(env, "rules-applied")
+        faults.checkpoint("rules-applied")
 
 
 def _lookup(ipr: IPRoute, link: Link) -> Any:
@@ -678,9 +677,9 @@ def _link_differences(link: Link, msg: Any) -> list[str]:
 # -- DEL -------------------------------------------------------------------------
 
 
-def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def remove(att: Attachment) -> None:
     """Delete what the attachment owns; what is already gone is fine. A fault-injection
-    test may kill the call after a link or a rule set is removed (`env`, as for `apply`)."""
+    test may kill the call after a link or a rule set is removed (as for `apply`)."""
     with _sockets() as sock:
         gone: set[int] = set()
         for link in att.links:
@@ -700,7 +699,7 @@ def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
                 continue
             links.delete(ipr, msg["index"])
             gone.update({id(link), id(link.peer)})
-            faults.checkpoint(env, "link-removed")
+            faults.checkpoint("link-removed")
         for address in att.addresses:
             if address.link.shared and not address.shared:
                 msg = links.get(sock(address.link.ns), address.link.name)
@@ -714,4 +713,4 @@ def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
                     addrs.delete_route(sock(route.link.ns), route.fields())
     for rules in att.rules:
         rules.remove()
-        faults.checkpoint(env, "rules-removed")
+        faults.checkpoint("rules-removed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -141,7 +141,7 @@ def create_new(path: str, mode: int = 0o600) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS, point: str = "") -> None:
+def write_record(path: str, body: Any, point: str = "") -> None:
     """Write `body` as JSON to `path` atomically: to `<path>.tmp`, then renamed over it.
 
     The temporary name is the attachment's own (calls for one attachment never run at the
@@ -159,7 +159,7 @@ def write_record(path: str, body: Any, env: Mapping[str, str] = faults.NO_FAULTS
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh, indent=1)
     if point:
-        faults.checkpoint(env, point)
+        faults.checkpoint(point)
     os.replace(partial, path)
 
 

@@ -143,7 +143,7 @@ def add(call: CmdArgs, plan: Plan) -> Result:
     result names the one interface (index 0)."""
     common.require_netns(call)
     bare = Attachment(links=[*plan.others, plan.link])
-    attachment.apply(bare, call.env)
+    attachment.apply(bare)
     try:
         with common.ipam_allocation(call, plan.ipam_type) as ipam_result:
             source = ipam_result or plan.given
@@ -151,7 +151,7 @@ def add(call: CmdArgs, plan: Plan) -> Result:
             if source is not None:
                 result.ips = [IPConfig(ip.address, ip.gateway, interface=0) for ip in source.ips]
                 result.routes, result.dns = list(source.routes), source.dns
-            attachment.apply(describe(plan, result), call.env)
+            attachment.apply(describe(plan, result))
     except BaseException:
         attachment.remove(bare)
         raise
@@ -197,7 +197,7 @@ def delete(call: CmdArgs, plan: Plan) -> None:
         common.delegate_ipam(call, plan.ipam_type, "DEL")
     finally:
         if call.netns:
-            attachment.remove(describe(plan, None), call.env)
+            attachment.remove(describe(plan, None))
 
 
 def gc(call: CmdArgs, ipam_type: str) -> None:

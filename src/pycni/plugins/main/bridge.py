@@ -247,7 +247,7 @@ def add(call: CmdArgs) -> Result:
         if ipam_result is not None:
             result.ips, result.routes, result.dns = ipam_result.ips, ipam_result.routes, ipam_result.dns
         parts = describe(conf, call, result)
-        attachment.apply(parts.att, call.env)
+        attachment.apply(parts.att)
     result.interfaces = [
         Interface(parts.bridge.name, mac=parts.bridge.actual_mac),
         Interface(parts.host.name, mac=parts.host.actual_mac),
@@ -285,7 +285,7 @@ def delete(call: CmdArgs) -> None:
     conf = load_conf(call)
     parts = describe(conf, call, None)
     try:
-        attachment.remove(parts.att, call.env)
+        attachment.remove(parts.att)
     finally:
         common.delegate_ipam(call, conf.ipam_type, "DEL")
 

@@ -164,7 +164,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
     parts = dataplane.describe(w)
     try:
-        attachment.apply(parts.att, ctx.call.env)
+        attachment.apply(parts.att)
     except BaseException:
         _release(ctx)
         raise
@@ -197,12 +197,12 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         else:
             eps.create(obj)
     except (ResourceError, DatastoreUnavailable) as exc:
-        dataplane.remove(ctx.call.netns, ctx.call.ifname, ctx.call.env)
+        dataplane.remove(ctx.call.netns, ctx.call.ifname)
         _release(ctx)
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
-    faults.checkpoint(ctx.call.env, "endpoint-written")
+    faults.checkpoint("endpoint-written")
     log.info("Wrote endpoint to datastore")
     return _result(ctx, w, mac)
 
@@ -292,11 +292,11 @@ def delete(call: CmdArgs) -> None:
     log = ctx.log.with_fields(WorkloadEndpoint=name)
     log.info("Calico CNI DEL")
     log.info("Calico CNI deleting device in netns %s", call.netns)
-    dataplane.remove(call.netns, call.ifname, call.env)
+    dataplane.remove(call.netns, call.ifname)
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
-        faults.checkpoint(call.env, "endpoint-deleted")
+        faults.checkpoint("endpoint-deleted")
     except DatastoreUnavailable:
         cni.record(ctx, cni.datastore_identity(ctx.conf), [], (ctx.ids.namespace, name))
     log.info("Releasing IP address(es)")

@@ -95,7 +95,7 @@ def _record_path(network: str, container_id: str, ifname: str) -> str:
 def save(call: CmdArgs, state: DeviceState) -> str:
     path = _record_path(call.conf.name, call.container_id, call.ifname)
     body = {"containerID": call.container_id, "ifname": call.ifname, "netns": call.netns, "host": state.to_dict()}
-    common.write_record(path, body, call.env, "device-record-tmp")
+    common.write_record(path, body, "device-record-tmp")
     return path
 
 
@@ -167,7 +167,7 @@ def add(call: CmdArgs) -> Result:
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)
-    faults.checkpoint(call.env, "device-recorded")
+    faults.checkpoint("device-recorded")
     try:
         return underlay.add(call, plan(call, state.device, conf.ipam_type))
     except BaseException:
@@ -194,7 +194,7 @@ def delete(call: CmdArgs) -> None:
     lent = load(call)
     device = lent.state.device if lent else conf.device or _alias_in_container(call) or call.ifname
     underlay.delete(call, plan(call, device, conf.ipam_type))
-    faults.checkpoint(call.env, "device-returned")
+    faults.checkpoint("device-returned")
     if lent is not None:
         give_back(lent.state)
     forget(_record_path(call.conf.name, call.container_id, call.ifname))  # and what a killed write left

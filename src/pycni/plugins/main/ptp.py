@@ -105,7 +105,7 @@ def add(call: CmdArgs) -> Result:
         assert ipam_result is not None
         result = Result(cni_version=call.cni_version, ips=ipam_result.ips, routes=ipam_result.routes, dns=ipam_result.dns)
         parts = describe(conf, call, result)
-        attachment.apply(parts.att, call.env)
+        attachment.apply(parts.att)
     result.interfaces = [
         Interface(parts.host.name, mac=parts.host.actual_mac),
         Interface(parts.container.name, mac=parts.container.actual_mac, sandbox=call.netns),
@@ -130,7 +130,7 @@ def delete(call: CmdArgs) -> None:
     try:
         common.delegate_ipam(call, conf.ipam_type, "DEL")
     finally:
-        attachment.remove(describe(conf, call, None).att, call.env)
+        attachment.remove(describe(conf, call, None).att)
 
 
 def gc(call: CmdArgs) -> None:

@@ -16,11 +16,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni import faults
 from pycni.plugins import common
 from pycni.spec.errors import CNIError, Code
 
@@ -95,7 +93,7 @@ def read(network: str, container_id: str, ifname: str) -> Record | None:
     return record if record is None or (record.container_id, record.ifname) == (container_id, ifname) else None
 
 
-def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def write(record: Record) -> None:
     file = path(record.network, record.container_id, record.ifname)
     other = _load(file)
     if other is not None and (other.container_id, other.ifname) != (record.container_id, record.ifname):
@@ -104,7 +102,7 @@ def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
             f"portmap: {file} is the record of container {other.container_id!r} interface {other.ifname!r}",
             "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
         )
-    common.write_record(file, record.to_dict(), env, "portmap-record-tmp")
+    common.write_record(file, record.to_dict(), "portmap-record-tmp")
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:

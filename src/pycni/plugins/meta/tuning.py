@@ -231,13 +231,13 @@ def add(call: CmdArgs) -> Result:
     made_dir = not os.path.isdir(conf.data_dir)  # a refused ADD must not leave it behind either
     if conf.changes_link or paths:
         record.update(network=call.conf.name, containerID=call.container_id, ifname=call.ifname)
-        common.write_record(path, record, call.env, "tuning-record-tmp")
+        common.write_record(path, record, "tuning-record-tmp")
         wrote_record = True
-        faults.checkpoint(call.env, "tuning-record-written")
+        faults.checkpoint("tuning-record-written")
     try:
         if paths:
             sysctl.write_many(sorted(paths.items()), call.netns)
-            faults.checkpoint(call.env, "tuning-sysctls-written")
+            faults.checkpoint("tuning-sysctls-written")
         with netlink.route(call.netns) as ipr:
             index = int(_link(ipr, call.ifname)["index"])
             changes: dict[str, Any] = {
@@ -248,7 +248,7 @@ def add(call: CmdArgs) -> Result:
                 "txQLen": conf.txqlen,
             }
             _apply_link(ipr, index, changes)
-        faults.checkpoint(call.env, "tuning-link-set")
+        faults.checkpoint("tuning-link-set")
     except BaseException:
         if wrote_record:
             try:
@@ -316,7 +316,7 @@ def delete(call: CmdArgs) -> None:
             _restore(call, record)
         except CNIError as err:
             log.warning("could not restore %s of %s: %s", call.ifname, call.container_id, err)
-        faults.checkpoint(call.env, "tuning-restored")
+        faults.checkpoint("tuning-restored")
     common.remove_record(path)
 
 
