@@ -53,9 +53,10 @@ def conf_dns(call: CmdArgs) -> DNS | None:
 
 
 @contextmanager
-def ipam_allocation(call: CmdArgs, ipam_type: str) -> Iterator[Result | None]:
+def ipam_allocation(call: CmdArgs, ipam_type: str, log: Any = None) -> Iterator[Result | None]:
     """The IPAM plugin's ADD result (None without IPAM); its DEL when the block fails, so a
-    failed ADD gives every address back."""
+    failed ADD gives every address back (best effort: the error that got there wins).
+    `log` (default the call's) says so."""
     if not ipam_type:
         yield None
         return
@@ -67,10 +68,12 @@ def ipam_allocation(call: CmdArgs, ipam_type: str) -> Iterator[Result | None]:
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f"IPAM plugin {ipam_type!r} returned missing IP config")
         yield result
     except BaseException:
+        log = log or call.log
+        log.info("Cleaning up IP allocations for failed ADD")
         try:
             delegate.delete(call, ipam_type)
         except CNIError as exc:
-            call.log.warning("releasing the addresses of the failed ADD: %s", exc)
+            log.warning("Failed to clean up IP allocations for failed ADD: %s", exc)
         raise
 
 

@@ -155,24 +155,33 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     ipam_type = _ipam_type(ctx)
     if ipam_type == "host-local" and "usepodcidr" in str(ctx.conf.ipam.raw).lower():
         raise CNIError(Code.INVALID_NETWORK_CONFIG, 'ipam.subnet "usePodCidr" needs the Kubernetes API, which pycni cannot use')
-    ipam_result = delegate.add(_ipam_call(ctx), ipam_type)
-    log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
-    if not ipam_result.ips:
-        _release(ctx)
-        raise CNIError(Code.INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
-    w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
-    log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
+    # A failure from here on gives the addresses back (and the dataplane removes itself).
+    with common.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log) as ipam_result:
+        assert ipam_result is not None  # an IPAM type is required
+        log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
+        w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
+        log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
+        mac = _attach(ctx, w, log)
+        _write_endpoint(ctx, eps, existing, w, mac)
+    faults.checkpoint("endpoint-written")
+    log.info("Wrote endpoint to datastore")
+    return _result(ctx, w, mac)
+
+
+def _attach(ctx: cni.Context, w: dataplane.Workload, log: Any) -> str:
+    """Set up the veth pair, addresses and routes; the container end's MAC."""
     parts = dataplane.describe(w)
-    try:
-        attachment.apply(parts.att)
-    except BaseException:
-        _release(ctx)
-        raise
+    attachment.apply(parts.att)
     if parts.host.replaced:
-        log.info("Cleaning old hostVeth: %s", host_veth)
+        log.info("Cleaning old hostVeth: %s", w.host_veth)
     mac = parts.container.actual_mac
-    log.info("Added veth %s (container %s, MAC %s) with addresses %s", host_veth, w.ifname, mac,
+    log.info("Added veth %s (container %s, MAC %s) with addresses %s", w.host_veth, w.ifname, mac,
              ", ".join(str(a) for a in w.host_addresses))  # fmt: skip
+    return mac
+
+
+def _write_endpoint(ctx: cni.Context, eps: Endpoints, existing: Resource | None, w: dataplane.Workload, mac: str) -> None:
+    """Create the WorkloadEndpoint (update a pod's existing one); on failure remove the dataplane."""
     obj = existing if existing is not None and ctx.ids.orchestrator == endpoints.ORCH_K8S else None
     if obj is None:
         obj = endpoints.new_endpoint(ctx.ids, ctx.ids.name())
@@ -184,7 +193,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         endpoint=obj["spec"].get("endpoint") or ctx.call.ifname,
         ipNetworks=[str(a) for a in w.host_addresses],
         profiles=_profiles(ctx),
-        interfaceName=host_veth,
+        interfaceName=w.host_veth,
         mac=mac,
     )
     if ctx.ids.pod:
@@ -198,13 +207,9 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
             eps.create(obj)
     except (ResourceError, DatastoreUnavailable) as exc:
         dataplane.remove(ctx.call.netns, ctx.call.ifname)
-        _release(ctx)
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
-    faults.checkpoint("endpoint-written")
-    log.info("Wrote endpoint to datastore")
-    return _result(ctx, w, mac)
 
 
 def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: Any) -> Result | None:
@@ -231,15 +236,6 @@ def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: 
         eps.modify(existing["metadata"]["name"], existing["metadata"]["namespace"], append)
     log.info("Calico CNI found existing endpoint: %s", existing["metadata"]["name"])
     return _result(ctx, w, spec.get("mac", ""))
-
-
-def _release(ctx: cni.Context) -> None:
-    """Give the addresses back after a failed ADD (best effort: the error that got us here wins)."""
-    ctx.log.info("Cleaning up IP allocations for failed ADD")
-    try:
-        delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
-    except CNIError as exc:
-        ctx.log.warning("Failed to clean up IP allocations for failed ADD: %s", exc)
 
 
 # -- CHECK -------------------------------------------------------------------------
