@@ -1,8 +1,8 @@
 """ADD+DEL of the calico chain (calico + calico-ipam, embedded store), IPv4 and dual-stack:
-ours as processes, and warm in one process (as a resident agent runs them, IPAM delegated
-in-process), in wall-clock and CPU milliseconds (user + system, the plugin processes
-included), which a busy machine disturbs less. There is no Go calico plugin on the
-machine to compare with.
+ours as processes, and warm in one process (as a resident agent runs them: calico-ipam is
+our launcher in CNI_PATH, so it runs in calico's process and pass), in wall-clock and CPU
+milliseconds (user + system, the plugin processes included), which a busy machine disturbs
+less. There is no Go calico plugin on the machine to compare with.
 
     scripts/in-netns.sh .venv/bin/python bench/calico.py [N [PODS]]
 
@@ -22,10 +22,9 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 
-from bridge import _in_process, in_process, processes  # bench/ is the script's directory, so on sys.path
+from bridge import in_process, processes  # bench/ is the script's directory, so on sys.path
 
 from pycni import launcher, skel
-from pycni.runtime import delegate
 
 NETNS = "benchcal1"
 
@@ -80,14 +79,13 @@ def measured(fn: Callable[[], float], calls: int) -> tuple[float, float]:
     return wall, (cpu() - before) * 1000 / calls
 
 
-def crowd(pods: int) -> Callable[[], None]:
+def crowd(path: str, pods: int) -> Callable[[], None]:
     """`pods` dual-stack pods on the node (made in this process); returns their removal."""
-    delegate.add, delegate.delete = _in_process("ADD"), _in_process("DEL")  # type: ignore[assignment]
     stdin = conf(True)
 
     def each(command: str) -> None:
         for i in range(pods):
-            call = dict(env(command, 900000 + i, "/nonexistent"), CNI_NETNS=f"/run/netns/benchpod{i}")
+            call = dict(env(command, 900000 + i, path), CNI_NETNS=f"/run/netns/benchpod{i}")
             out = skel.dispatch("calico", call, stdin)
             assert out.code == 0, out.stdout
 
@@ -107,7 +105,7 @@ def main(n: int, pods: int) -> None:
     ours = tempfile.mkdtemp()
     launcher.install(ours)
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    remove_crowd = crowd(pods) if pods else None
+    remove_crowd = crowd(ours, pods) if pods else None
     try:
         rows = []
         for dual in (False, True):
@@ -115,8 +113,8 @@ def main(n: int, pods: int) -> None:
             stdin = conf(dual)
             processes(ours, stdin, 1, "calico", env)  # the first call creates the pool and claims a block
             rows.append((f"processes, {label}", *measured(partial(processes, ours, stdin, n, "calico", env), n)))
-            in_process(stdin, 1, "calico", env)  # imports; in_process warms up 3 more times, counted in CPU
-            rows.append((f"warm, one process, {label}", *measured(partial(in_process, stdin, n, "calico", env), n + 3)))
+            in_process(ours, stdin, 1, "calico", env)  # imports; in_process warms up 3 more times, counted in CPU
+            rows.append((f"warm, one process, {label}", *measured(partial(in_process, ours, stdin, n, "calico", env), n + 3)))
         print(f"calico + calico-ipam (embedded store) ADD+DEL, {n} times, {pods} pods on the node, ms each:")
         print(f"  {'':30s} {'wall':>7s} {'CPU':>7s}")
         for label, wall, cpu_ms in rows:

@@ -2,9 +2,11 @@
 
 `dispatch` is pure: it reads only the mapping and bytes it is given and returns
 what a plugin process would print and its exit code. The same call serves a
-plugin executable (`main`), the resident agent and in-process delegation, so it
-must not change process-wide state (environment, working directory, signal
-handlers, the namespaces of the calling thread).
+plugin executable (`main`) and the resident agent; `run_delegated` is the same
+call for a plugin that another one delegates to in this process, answered with
+objects (its result, or the CNIError it would print). None of them may change
+process-wide state (environment, working directory, signal handlers, the
+namespaces of the calling thread).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -79,6 +81,9 @@ class CmdArgs:
     plugin_type: str
     log: logging.LoggerAdapter[logging.Logger]
     mode: CallMode = IN_PROCESS
+    # What the plugin that delegated this call in-process handed over (calico gives the
+    # calico-ipam it runs its open datastore session); None in a call of its own.
+    handed_over: object = None
 
     @property
     def cni_version(self) -> str:
@@ -105,7 +110,6 @@ class Outcome:
     stdout: bytes = b""
     stderr: bytes = b""
     code: int = 0
-    result: Result | None = field(default=None, repr=False)
 
 
 class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -151,9 +155,16 @@ def _check_not_own_netns(netns: str) -> None:
 
 
 def parse_call(
-    plugin_type: str, module: ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS
+    plugin_type: str,
+    module: ModuleType,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode = IN_PROCESS,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
 ) -> CmdArgs:
-    """Validate the environment and configuration; raise CNIError before anything is touched."""
+    """Validate the environment and configuration; raise CNIError before anything is touched.
+    `conf` is `stdin` parsed already (by the plugin that delegates this call in-process)."""
     command = env.get("CNI_COMMAND", "")
     if command == "":
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "required env variables [CNI_COMMAND] missing")
@@ -167,7 +178,8 @@ def parse_call(
     if missing:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"required env variables [{','.join(missing)}] missing")
 
-    conf = PluginConf.parse(stdin, need_type=False)
+    if conf is None:
+        conf = PluginConf.parse(stdin, need_type=False)
     supported = supported_versions(module)
     minimum = _MIN_VERSION.get(command)
     if minimum is not None and not versions.at_least(conf.cni_version, minimum):
@@ -204,6 +216,7 @@ def parse_call(
         plugin_type=plugin_type,
         log=log,
         mode=mode,
+        handed_over=handed_over,
     )
     cni_args.parse(call.args)  # a malformed CNI_ARGS is refused for every plugin
     if command in ("ADD", "CHECK", "DEL") and "prevResult" in conf.raw:
@@ -253,20 +266,56 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mod
         return _version_outcome(module, stdin)
 
     try:
-        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
-            call = parse_call(plugin_type, module, env, stdin, mode)
-            return _run(module, call)
+        answer = _call(module, plugin_type, env, stdin, mode)
     except CNIError as err:
         return error_outcome(err, stdin)
+    if answer is None:
+        return Outcome()
+    return Outcome(stdout=jsonfmt.dumps_indent(answer[1]).encode())
+
+
+def run_delegated(
+    plugin_type: str,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
+) -> Result | None:
+    """A delegated call (ADD, DEL, CHECK, GC, STATUS) run in this process, exactly as the
+    plugin's launcher would run it: ADD's result as the caller would read it from the
+    launcher's output, None for the rest; a failure as the CNIError the launcher would
+    print. `conf` (stdin parsed already) and `handed_over` come from the delegating call."""
+    answer = _call(plugin_module(plugin_type), plugin_type, env, stdin, mode, conf, handed_over)
+    if answer is None:
+        return None
+    result, rendered = answer
+    return result.in_version(rendered["cniVersion"])
+
+
+def _call(
+    module: ModuleType,
+    plugin_type: str,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
+) -> tuple[Result, dict[str, Any]] | None:
+    """Parse and run one call; an unexpected exception becomes code 999 (its traceback logged)."""
+    try:
+        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
+            return _run(module, parse_call(plugin_type, module, env, stdin, mode, conf, handed_over))
+    except CNIError:
+        raise
     except Exception as exc:
-        logger = logging.getLogger(f"pycni.plugin.{plugin_type}")
-        logger.exception("unexpected error in %s %s", plugin_type, command)
-        internal = CNIError(
+        command = env.get("CNI_COMMAND", "")
+        logging.getLogger(f"pycni.plugin.{plugin_type}").exception("unexpected error in %s %s", plugin_type, command)
+        raise CNIError(
             Code.INTERNAL,
             f"unexpected error in {plugin_type} {command}: {type(exc).__name__}: {exc}",
             f"the traceback is in the plugin log ({logs.destination(env)})",
-        )
-        return error_outcome(internal, stdin)
+        ) from None
 
 
 def _require_agent(call: CmdArgs) -> None:
@@ -282,7 +331,8 @@ def _require_agent(call: CmdArgs) -> None:
     )
 
 
-def _run(module: ModuleType, call: CmdArgs) -> Outcome:
+def _run(module: ModuleType, call: CmdArgs) -> tuple[Result, dict[str, Any]] | None:
+    """The command's handler; ADD's result with its rendering in the configuration's version."""
     if call.command == "STATUS":
         _require_agent(call)
     handler = _handler(module, call.command)
@@ -295,9 +345,9 @@ def _run(module: ModuleType, call: CmdArgs) -> Outcome:
         except CNIError:
             _undo_add(module, call)  # the runtime gets an error: it must not get an attachment too
             raise
-        return Outcome(stdout=jsonfmt.dumps_indent(rendered).encode(), result=result)
+        return result, rendered
     handler(call)
-    return Outcome()
+    return None
 
 
 def _undo_add(module: ModuleType, call: CmdArgs) -> None:

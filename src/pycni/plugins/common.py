@@ -53,16 +53,16 @@ def conf_dns(call: CmdArgs) -> DNS | None:
 
 
 @contextmanager
-def ipam_allocation(call: CmdArgs, ipam_type: str, log: Any = None) -> Iterator[Result | None]:
+def ipam_allocation(call: CmdArgs, ipam_type: str, log: Any = None, handover: object = None) -> Iterator[Result | None]:
     """The IPAM plugin's ADD result (None without IPAM); its DEL when the block fails, so a
     failed ADD gives every address back (best effort: the error that got there wins).
-    `log` (default the call's) says so."""
+    `log` (default the call's) says so; `handover` goes to an IPAM plugin run in-process."""
     if not ipam_type:
         yield None
         return
     from pycni.runtime import delegate
 
-    result = delegate.add(call, ipam_type)
+    result = delegate.add(call, ipam_type, handover=handover)
     try:
         if not result.ips:
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f"IPAM plugin {ipam_type!r} returned missing IP config")
@@ -71,7 +71,7 @@ def ipam_allocation(call: CmdArgs, ipam_type: str, log: Any = None) -> Iterator[
         log = log or call.log
         log.info("Cleaning up IP allocations for failed ADD")
         try:
-            delegate.delete(call, ipam_type)
+            delegate.delete(call, ipam_type, handover=handover)
         except CNIError as exc:
             log.warning("Failed to clean up IP allocations for failed ADD: %s", exc)
         raise

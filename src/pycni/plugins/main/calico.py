@@ -156,7 +156,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     if ipam_type == "host-local" and "usepodcidr" in str(ctx.conf.ipam.raw).lower():
         raise CNIError(Code.INVALID_NETWORK_CONFIG, 'ipam.subnet "usePodCidr" needs the Kubernetes API, which pycni cannot use')
     # A failure from here on gives the addresses back (and the dataplane removes itself).
-    with common.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log) as ipam_result:
+    with common.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log, handover=ctx) as ipam_result:
         assert ipam_result is not None  # an IPAM type is required
         log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
         w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
@@ -249,9 +249,15 @@ def check(call: CmdArgs) -> None:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "CHECK needs the previous result (prevResult) of ADD")
     try:
         with cni.datastore(ctx) as store:
-            existing = Endpoints(store).for_workload(ctx.ids)
+            _check(ctx, prev, Endpoints(store).for_workload(ctx.ids))
+            delegate.check(_ipam_call(ctx), _ipam_type(ctx), handover=ctx)
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
+
+
+def _check(ctx: cni.Context, prev: Result, existing: Resource | None) -> None:
+    """The endpoint holds the previous result's addresses, and the kernel is as ADD left it."""
+    call = ctx.call
     if existing is None:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"WorkloadEndpoint {ctx.ids.name()} does not exist")
     spec = existing["spec"]
@@ -275,7 +281,6 @@ def check(call: CmdArgs) -> None:
     problems = attachment.compare(dataplane.describe(w, mac or spec.get("mac", "")).att)
     if problems:
         raise common.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
-    delegate.check(_ipam_call(ctx), _ipam_type(ctx))
 
 
 # -- DEL ---------------------------------------------------------------------------
@@ -292,11 +297,13 @@ def delete(call: CmdArgs) -> None:
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
-        faults.checkpoint("endpoint-deleted")
+            faults.checkpoint("endpoint-deleted")
+            log.info("Releasing IP address(es)")
+            delegate.delete(_ipam_call(ctx), _ipam_type(ctx), handover=ctx)
     except DatastoreUnavailable:
         cni.record(ctx, cni.datastore_identity(ctx.conf), [], (ctx.ids.namespace, name))
-    log.info("Releasing IP address(es)")
-    delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
+        log.info("Releasing IP address(es)")
+        delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
     log.info("Teardown processing complete.")
 
 
@@ -344,10 +351,10 @@ def gc(call: CmdArgs) -> None:
                     eps.delete(obj["metadata"]["name"], obj["metadata"]["namespace"], int(obj["metadata"]["resourceVersion"]))
                 except ResourceError:
                     continue
+            if ctx.conf.ipam.type:
+                delegate.gc(ctx.call, ctx.conf.ipam.type, handover=ctx)
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
-    if ctx.conf.ipam.type:
-        delegate.gc(ctx.call, ctx.conf.ipam.type)
 
 
 def status(call: CmdArgs) -> None:
@@ -355,7 +362,7 @@ def status(call: CmdArgs) -> None:
     try:
         with cni.datastore(ctx) as store:
             cni.check_cluster_ready(store)
+            if ctx.conf.ipam.type:
+                delegate.status(ctx.call, ctx.conf.ipam.type, handover=ctx)
     except DatastoreUnavailable as exc:
         raise CNIError(Code.PLUGIN_NOT_AVAILABLE, f"the Calico datastore is unavailable: {exc}") from None
-    if ctx.conf.ipam.type:
-        delegate.status(ctx.call, ctx.conf.ipam.type)
