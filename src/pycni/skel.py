@@ -43,8 +43,6 @@ _REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 # The first spec version that has each command.
 _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-LOG_FILE_ENV = logs.LOG_FILE_ENV
-DEFAULT_LOG_FILE = logs.DEFAULT_LOG_FILE
 # A configuration key every pycni plugin reads: STATUS reports the plugin unavailable
 # (code 50) unless the resident agent serves the call.
 REQUIRE_AGENT_KEY = "requireAgent"
@@ -377,15 +375,6 @@ def _handler(module: ModuleType, command: str) -> Callable[[CmdArgs], Any]:
 # -- process entry -------------------------------------------------------------
 
 
-def log_file_path(env: Mapping[str, str]) -> str:
-    return logs.env_file(env)
-
-
-def configure_process_logging(env: Mapping[str, str]) -> None:
-    """Plugin processes log to a file (stdout is the protocol, stderr is the runtime's)."""
-    logs.configure_from_env(env)
-
-
 def main(
     plugin_type: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None, mode: CallMode = IN_PROCESS
 ) -> NoReturn:
@@ -394,7 +383,7 @@ def main(
     mode = dataclasses.replace(mode, fault_injection=True)
     if env is None:
         env = dict(os.environ)
-    configure_process_logging(env)
+    logs.configure_from_env(env)  # stdout is the protocol, stderr is the runtime's: records go to a file
     if stdin is None:
         stdin = stdio.read_stdin(env.get("CNI_COMMAND", ""))
     outcome = dispatch(plugin_type, env, stdin, mode)

@@ -5,8 +5,8 @@ Each connection carries one call (`protocol`). The agent runs it with the same
 calls run concurrently; calls for one attachment (network, container ID,
 interface) wait for each other in arrival order (`ordering`). What stays warm
 between calls is what is expensive to build and holds no result: imported
-plugin modules, pyroute2, the libnftables context, datastore connections
-(`pycni.service.shared`).
+plugin modules, pyroute2, the libnftables context. A datastore connection is not
+among them: each call opens its own, once (`pycni.calico.cni`).
 
 Safety:
 - the socket is created mode 0600 (bound under a temporary name, then renamed),
@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from pycni import registry, service, skel
+from pycni import registry, skel
 from pycni.agent import protocol
 from pycni.agent.ordering import AttachmentLines, Ticket
 from pycni.launcher import DEFAULT_AGENT_SOCKET
@@ -426,5 +426,4 @@ def run(agent: Agent, grace: float | None = None) -> int:
     finally:
         notify_systemd("STOPPING=1")
         clean = agent.shutdown(grace)
-        service.discard_all()
     return 0 if clean else 1

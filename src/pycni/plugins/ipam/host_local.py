@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 
 from pycni import faults
-from pycni.plugins.common import valid_attachments
 from pycni.plugins.ipam.hostlocal import allocator
 from pycni.plugins.ipam.hostlocal.config import Config, Requested, load
 from pycni.plugins.ipam.hostlocal.store import Store
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import DNS, IPAddress, Result
 
 ABOUT = "CNI host-local IPAM plugin (pycni)"
@@ -115,7 +115,7 @@ def delete(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     config = load(call, strict=False)
-    valid = valid_attachments(call)
+    valid = valid_attachments(call.conf.raw)
     valid_ids = {container_id for container_id, _ in valid}
     with Store(config.data_dir, config.network, create=False) as store:
         for ip, holder in store.allocations().items():

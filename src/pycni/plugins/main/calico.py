@@ -30,11 +30,12 @@ from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
 from pycni.calico.resources import Resource, ResourceError
 from pycni.net import attachment, netns
-from pycni.plugins import common
+from pycni.plugins import checking, delegation
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
 from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
 ABOUT = "Calico CNI plugin (pycni)"
@@ -156,7 +157,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     if ipam_type == "host-local" and "usepodcidr" in str(ctx.conf.ipam.raw).lower():
         raise CNIError(Code.INVALID_NETWORK_CONFIG, 'ipam.subnet "usePodCidr" needs the Kubernetes API, which pycni cannot use')
     # A failure from here on gives the addresses back (and the dataplane removes itself).
-    with common.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log, handover=ctx) as ipam_result:
+    with delegation.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log, handover=ctx) as ipam_result:
         assert ipam_result is not None  # an IPAM type is required
         log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
         w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
@@ -280,7 +281,7 @@ def _check(ctx: cni.Context, prev: Result, existing: Resource | None) -> None:
     w = _workload(ctx, ctx.conf.determine_mtu(), addresses, spec.get("interfaceName") or endpoints.host_veth_name(ctx.ids))
     problems = attachment.compare(dataplane.describe(w, mac or spec.get("mac", "")).att)
     if problems:
-        raise common.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
+        raise checking.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
 
 
 # -- DEL ---------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def _delete_endpoint(ctx: cni.Context, eps: Endpoints, name: str, log: Any) -> N
 
 def gc(call: CmdArgs) -> None:
     ctx = cni.context(call, "cni-plugin")
-    valid = {container for container, _ifname in common.valid_attachments(call)}  # as calico-ipam's handles
+    valid = {container for container, _ifname in valid_attachments(call.conf.raw)}  # as calico-ipam's handles
     try:
         with cni.datastore(ctx) as store:
             eps = Endpoints(store)

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 from pycni import faults
-from pycni.plugins.common import create_new
+from pycni.plugins.records import create_new
 from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
