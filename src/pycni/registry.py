@@ -1,8 +1,14 @@
 """Plugin types and the modules that implement them.
 
-A plugin is the module `pycni.plugins.<kind>.<name>`; its type is the module name
-with `_` spelled `-` (`host_local` is `host-local`). Discovery lists the package
-directories and imports nothing, so it costs a plugin process nothing.
+A plugin is a module with `add`, `delete`, `check` (and optionally `gc`, `status`)
+functions, found through the entry points of group `pycni.plugins`: the name is the
+plugin type, the value the module (`bridge = "pycni.plugins.main.bridge"`). pycni's own
+are declared in its pyproject.toml; another package adds a plugin by declaring one in
+its own, and `pycni plugins install` then writes a launcher for it.
+
+Reading entry points imports `importlib.metadata` (~40 ms of imports), so a plugin
+process never does it: its launcher names the module, resolved when it was written.
+The agent and the CLI read them once per process.
 
 It sits below everything that runs plugins (`skel`, the launchers, the agent, the CLI),
 and imports none of them.
@@ -10,40 +16,45 @@ and imports none of them.
 
 from __future__ import annotations
 
-import os
+import threading
 
 from pycni.spec.errors import CNIError, Code
 
-KINDS = ("main", "ipam", "meta")
-_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
+GROUP = "pycni.plugins"
+
+_lock = threading.Lock()
+_found: dict[str, str] | None = None
 
 
-def discover() -> dict[str, str]:
-    """Every shipped plugin type, mapped to its module name."""
-    import pkgutil  # here: a plugin process only needs `module_name`
+def discover(refresh: bool = False) -> dict[str, str]:
+    """Every installed plugin type, mapped to its module name, sorted by type. The first
+    declaration of a type wins (a third party cannot take over one of pycni's)."""
+    global _found
+    with _lock:
+        if _found is None or refresh:
+            from importlib.metadata import entry_points
 
-    found: dict[str, str] = {}
-    for kind in KINDS:
-        for info in pkgutil.iter_modules([os.path.join(_PACKAGE_DIR, kind)]):
-            if info.name.startswith("_") or info.ispkg:
-                continue
-            found[info.name.replace("_", "-")] = f"pycni.plugins.{kind}.{info.name}"
-    return dict(sorted(found.items()))
+            found: dict[str, str] = {}
+            for entry in sorted(entry_points(group=GROUP), key=lambda e: not e.value.startswith("pycni.")):
+                found.setdefault(entry.name, entry.value)
+            _found = dict(sorted(found.items()))
+        return dict(_found)
 
 
 def module_name(plugin_type: str) -> str:
-    kind_dirs = {kind: os.path.join(_PACKAGE_DIR, kind) for kind in KINDS}
-    module = plugin_type.replace("-", "_")
-    if module.isidentifier() and not module.startswith("_"):
-        for kind, directory in kind_dirs.items():
-            if os.path.exists(os.path.join(directory, module + ".py")):
-                return f"pycni.plugins.{kind}.{module}"
+    """The module of `plugin_type`; code 7 naming what is installed when there is none."""
+    known = discover()
+    if plugin_type not in known:
+        known = discover(refresh=True)  # installed since this process first looked
+    if plugin_type in known:
+        return known[plugin_type]
     raise CNIError(
         Code.INVALID_NETWORK_CONFIG,
         f"pycni has no plugin of type {plugin_type!r}",
-        "shipped: " + ", ".join(discover()),
+        "installed: " + ", ".join(known),
     )
 
 
 def type_of(module: str) -> str:
+    """The type pycni's naming gives a plugin module: its last name, `_` spelled `-`."""
     return module.rsplit(".", 1)[-1].replace("_", "-")

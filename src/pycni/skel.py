@@ -117,10 +117,16 @@ class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return (f"[{prefix}] {msg}" if prefix else msg), kwargs
 
 
-def plugin_module(plugin: str | ModuleType) -> ModuleType:
+def plugin_module(plugin: str | ModuleType, module: str = "") -> ModuleType:
+    """The module of a plugin type: `module` when the caller knows it (a launcher names it),
+    else the registry's. CNIError when there is none, or it does not import."""
     if isinstance(plugin, ModuleType):
         return plugin
-    return importlib.import_module(registry.module_name(plugin))
+    name = module or registry.module_name(plugin)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"plugin {plugin!r}: cannot import {name}: {exc}") from None
 
 
 def supported_versions(module: ModuleType) -> tuple[str, ...]:
@@ -250,10 +256,13 @@ def error_outcome(err: CNIError, stdin: bytes) -> Outcome:
     return _error_outcome(err, _declared_version(stdin))
 
 
-def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS) -> Outcome:
-    """Run one CNI command of `plugin` and return what it prints and its exit code."""
+def dispatch(
+    plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS, module_name: str = ""
+) -> Outcome:
+    """Run one CNI command of `plugin` (a type, implemented by `module_name` when given, or a
+    module) and return what it prints and its exit code."""
     try:
-        module = plugin_module(plugin)
+        module = plugin_module(plugin, module_name)
     except CNIError as err:  # a launcher for a type this installation does not ship
         return error_outcome(err, stdin)
     plugin_type = plugin if isinstance(plugin, str) else registry.type_of(module.__name__)
@@ -274,6 +283,7 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mod
 
 def run_delegated(
     plugin_type: str,
+    module_name: str,
     env: Mapping[str, str],
     stdin: bytes,
     mode: CallMode,
@@ -284,7 +294,7 @@ def run_delegated(
     plugin's launcher would run it: ADD's result as the caller would read it from the
     launcher's output, None for the rest; a failure as the CNIError the launcher would
     print. `conf` (stdin parsed already) and `handed_over` come from the delegating call."""
-    answer = _call(plugin_module(plugin_type), plugin_type, env, stdin, mode, conf, handed_over)
+    answer = _call(plugin_module(plugin_type, module_name), plugin_type, env, stdin, mode, conf, handed_over)
     if answer is None:
         return None
     result, rendered = answer
@@ -376,15 +386,20 @@ def _handler(module: ModuleType, command: str) -> Callable[[CmdArgs], Any]:
 
 
 def main(
-    plugin_type: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None, mode: CallMode = IN_PROCESS
+    plugin_type: str,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    mode: CallMode = IN_PROCESS,
+    module_name: str = "",
 ) -> NoReturn:
     """Run one call in this process (a launcher the agent did not serve) and exit as the plugin.
-    The process is the caller's own, so the caller's fault injection is honoured."""
+    The process is the caller's own, so the caller's fault injection is honoured.
+    `module_name` is the one the launcher names (no entry points are read then)."""
     mode = dataclasses.replace(mode, fault_injection=True)
     if env is None:
         env = dict(os.environ)
     logs.configure_from_env(env)  # stdout is the protocol, stderr is the runtime's: records go to a file
     if stdin is None:
         stdin = stdio.read_stdin(env.get("CNI_COMMAND", ""))
-    outcome = dispatch(plugin_type, env, stdin, mode)
+    outcome = dispatch(plugin_type, env, stdin, mode, module_name)
     stdio.emit(outcome.code, outcome.stdout, outcome.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pycni import launcher
 from pycni.agent import protocol
 
 from ..conftest import NetNS, unique_subnet
@@ -63,7 +64,8 @@ def _cases(netns: NetNS) -> list[tuple[str, str, Any, dict[str, str]]]:
 
 
 def test_same_bytes_with_and_without_agent(agent: AgentProcess, launchers: Path, netns: NetNS) -> None:
-    (launchers / "bridge-nonexistent").write_text((launchers / "loopback").read_text().replace("'loopback'", "'nothere'"))
+    # A launcher for a type this installation does not have (the module is looked up when it runs).
+    (launchers / "bridge-nonexistent").write_text(launcher.render("nothere", str(agent.socket), ""))
     (launchers / "bridge-nonexistent").chmod(0o755)
     for command, plugin_type, conf, kwargs in _cases(netns):
         through = call(launchers, plugin_type, command, conf, **kwargs)

@@ -137,8 +137,9 @@ def _lost_add(plugin_type: str, command: str, why: str, stdin: bytes) -> tuple[i
     return outcome.code, outcome.stdout, outcome.stderr
 
 
-def main(plugin_type: str, socket_path: str) -> NoReturn:
-    """Entry of a plugin executable: `socket_path` is the agent it was installed for."""
+def main(plugin_type: str, socket_path: str, module: str = "") -> NoReturn:
+    """Entry of a plugin executable: `socket_path` is the agent it was installed for, `module`
+    the plugin's module (resolved when the launcher was written)."""
     env = dict(_environ)
     stdin = stdio.read_stdin(env.get(b"CNI_COMMAND", b"").decode(errors="replace"))
     path = env.get(SOCKET_ENV.encode()) or socket_path.encode()
@@ -150,4 +151,5 @@ def main(plugin_type: str, socket_path: str) -> NoReturn:
         reason = answer
     from pycni import skel
 
-    skel.main(plugin_type, stdin=stdin, mode=skel.CallMode(agent_socket=path.decode(errors="replace"), agent_problem=reason))
+    mode = skel.CallMode(agent_socket=path.decode(errors="replace"), agent_problem=reason)
+    skel.main(plugin_type, stdin=stdin, mode=mode, module_name=module)

@@ -23,6 +23,7 @@ from pycni.calico.endpoints import Endpoints, Identifiers, identifiers
 from pycni.calico.ipam import IPAM
 from pycni.calico.journal import Entry, Journal
 from pycni.calico.resources import CLUSTER_INFORMATION, ResourceError, Resources
+from pycni.extras import MissingExtra
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 
@@ -106,7 +107,10 @@ def datastore(ctx: Context) -> Iterator[Datastore]:
     if ctx.store is not None:
         yield ctx.store
         return
-    store = open_datastore(ctx.conf.datastore)
+    try:
+        store = open_datastore(ctx.conf.datastore)
+    except MissingExtra as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, str(exc)) from None
     try:
         replay_journal(ctx, store)
         ctx.store = store

@@ -43,10 +43,11 @@ def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None, han
     env = dict(call.env)
     env["CNI_COMMAND"] = command
     data = call.stdin if stdin is None else stdin
-    if launcher.runs_here(plugin_path, plugin_type):
+    module = launcher.runs_here(plugin_path, plugin_type)
+    if module is not None:
         conf = call.conf if data is call.stdin else None
         try:
-            return skel.run_delegated(plugin_type, env, data, call.mode, conf, handover)
+            return skel.run_delegated(plugin_type, module, env, data, call.mode, conf, handover)
         except CNIError as err:
             raise CNIError(err.code, f"{plugin_type}: {err.msg}", err.details) from None
     execution = invoke.execute(plugin_path, data, {**env, DELEGATED_ENV: "1"})
