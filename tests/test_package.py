@@ -1,7 +1,8 @@
 """pycni as a user installs it: a wheel built from a copy of the checkout, installed with the
 core dependencies only (requirements.lock's versions) into a fresh virtualenv outside the
 checkout, the copy removed; then the seed's bridge walkthrough (`make demo`) and its calico
-conflist run from that virtualenv alone, and what needs an extra says which."""
+conflist (written from the seed's template by `pycni install-cni`) run from that virtualenv
+alone, and what needs an extra says which."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .calico.test_acceptance import filled_conflist
+from .calico.test_acceptance import seed_conflist
 from .conftest import run_plugin, unique, unique_subnet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +77,21 @@ def test_the_seed_bridge_walkthrough_runs_from_the_installed_package(installed: 
 def test_the_seed_calico_conflist_runs_from_the_installed_package(installed: Path, make_netns: Any, tmp_path: Path) -> None:
     venv_bin = installed / "venv" / "bin"
     node = unique("node-", 12)
-    (tmp_path / "nodename").write_text(node)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "nodename").write_text(node)  # as calico-node writes them
+    (tmp_path / "lib" / "mtu").write_text("1450")
     net_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
-    net_dir.mkdir()
-    (net_dir / "10-calico.conflist").write_text(json.dumps(filled_conflist(tmp_path, node)))
-    _run([venv_bin / "pycni", "plugins", "install", bin_dir], installed)
+    # The seed's template, on the embedded store, with every path in tmp_path.
+    embedded = {"datastore_type": "embedded", "datastore_path": str(tmp_path / "calico.db")}
+    embedded |= {"nodename_file": str(tmp_path / "lib" / "nodename"), "mtu_file": str(tmp_path / "lib" / "mtu")}
+    embedded |= {"journal_dir": str(tmp_path / "journal"), "ipam_lock_file": str(tmp_path / "ipam.lock")}
+    template = seed_conflist()["raw"].replace('"datastore_type": "kubernetes",', json.dumps(embedded)[1:-1] + ",")
+    (tmp_path / "template").write_text(template)
+    install = {"CNI_NETWORK_CONFIG_FILE": str(tmp_path / "template"), "CNI_NET_DIR": str(net_dir)}
+    install["CALICO_VAR_LIB_DIR"] = str(tmp_path / "lib")
+    _run([venv_bin / "pycni", "install-cni", "--cni-bin-dir", bin_dir], installed, env=install)
+    calico = json.loads((net_dir / "10-calico.conflist").read_text())["plugins"][0]
+    assert (calico["nodename"], calico["mtu"], calico["datastore_type"]) == (node, 1450, "embedded")
     env = {"NETCONFPATH": str(net_dir), "CNI_PATH": str(bin_dir), "CNI_CACHE_DIR": str(tmp_path / "cache")}
     env |= {"CALICO_IPV4POOL_CIDR": unique_subnet(24), "PYCNI_LOG_FILE": str(tmp_path / "pycni.log")}
     env |= {"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=x"}
@@ -94,7 +105,7 @@ def test_the_seed_calico_conflist_runs_from_the_installed_package(installed: Pat
     yaml = subprocess.run([venv_bin / "calicoctl", "get", "ippool", "-o", "yaml"], capture_output=True, text=True,
                           env={"DATASTORE_PATH": str(tmp_path / "calico.db")}, check=False)  # fmt: skip
     assert yaml.returncode == 1 and "pip install 'pycni[calico]'" in yaml.stderr, yaml.stderr
-    conf = {**filled_conflist(tmp_path, node)["plugins"][0], "cniVersion": "1.0.0", "name": "pctetcd"}
+    conf = {**calico, "cniVersion": "1.0.0", "name": "pctetcd"}
     conf.update(datastore_type="etcdv3", etcd_endpoints="http://127.0.0.1:2379")
     etcd = run_plugin(bin_dir / "calico", "ADD", conf, netns=ns.path, env={"PYCNI_LOG_FILE": str(tmp_path / "pycni.log")})
     assert etcd.returncode == 1 and etcd.json["code"] == 7 and "pip install 'pycni[etcd]'" in etcd.json["msg"], etcd.stdout

@@ -16,10 +16,9 @@ never reads entry points.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 
-from pycni import registry
+from pycni import files, registry
 
 # Where launchers hand calls to the agent unless installed with another socket (`pycni agent
 # --socket`, `pycni plugins install --agent-socket`).
@@ -158,16 +157,9 @@ def install(directory: str, types: list[str] | None = None, agent_socket: str = 
     unknown = [t for t in wanted if t not in available]
     if unknown:
         raise ValueError(f"unknown plugin types: {', '.join(unknown)} (installed: {', '.join(available)})")
-    import tempfile
-
-    os.makedirs(directory, exist_ok=True)
     written = []
     for plugin_type in wanted:
         target = os.path.join(directory, plugin_type)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{plugin_type}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(render(plugin_type, agent_socket, available[plugin_type]))
-        os.chmod(tmp, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-        os.replace(tmp, target)
+        files.replace_file(target, render(plugin_type, agent_socket, available[plugin_type]).encode(), 0o755)
         written.append(target)
     return written

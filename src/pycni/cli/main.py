@@ -6,6 +6,7 @@
     pycni version [--plugin TYPE]
     pycni plugins install DIR [TYPE ...] [--agent-socket PATH]
     pycni plugins list
+    pycni install-cni [--cni-bin-dir DIR ...] [--agent-socket PATH]   (Calico's install-cni)
     pycni netns add|del NAME
     pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] [--enable-fault-injection] ...
 
@@ -29,6 +30,7 @@ from pycni.spec import jsonfmt
 from pycni.spec.errors import CNIError, Code
 
 DEFAULT_NETCONFPATH = "/etc/cni/net.d"
+DEFAULT_BIN_DIR = "/opt/cni/bin"
 
 
 def container_id_for(netns: str) -> str:
@@ -201,6 +203,27 @@ def cmd_plugins(opts: argparse.Namespace, env: Env) -> int:
     return 0
 
 
+def cmd_install_cni(opts: argparse.Namespace, env: Env) -> int:
+    """Calico's install-cni: the launchers into the CNI bin directory, the configuration from
+    its template (the environment says which and fills its placeholders)."""
+    from pycni.cli import install_cni
+
+    try:
+        path, text, written = install_cni.install(dict(os.environ), opts.cni_bin_dir or [DEFAULT_BIN_DIR], opts.agent_socket)
+    except install_cni.InstallError as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"install-cni: {exc}", "nothing was written") from None
+    except OSError as exc:
+        raise CNIError(Code.IO_FAILURE, f"install-cni: {exc.filename}: {exc.strerror}") from None
+    if opts.json:
+        print(jsonfmt.dumps({"conflist": path, "launchers": written}))
+    else:
+        print(f"Installed {len(written)} plugin launchers; created {path}:", file=sys.stderr)
+        print(text)
+    if os.environ.get("SLEEP", "false").lower() == "true":
+        install_cni.sleep_until_stopped()
+    return 0
+
+
 def cmd_netns(opts: argparse.Namespace, env: Env) -> int:
     from pycni.net import netns as nsmod
 
@@ -290,6 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="for tests: honour a call's PYCNI_FAULT and PYCNI_FAULT_TRACE (pycni.faults), which can kill the agent",
     )
     p.set_defaults(func=cmd_agent)
+    p = sub.add_parser(
+        "install-cni",
+        help="as Calico's install-cni: plugin launchers into the CNI bin directory, the network configuration from a template",
+    )
+    p.add_argument(
+        "--cni-bin-dir", action="append", metavar="DIR", help=f"where the launchers go (repeatable; default {DEFAULT_BIN_DIR})"
+    )
+    p.add_argument(
+        "--agent-socket",
+        default=_default_socket(),
+        metavar="PATH",
+        help="the agent socket the launchers hand calls to (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_install_cni)
     p = sub.add_parser("netns", help="create or delete a named network namespace")
     p.add_argument("action", choices=("add", "del"))
     p.add_argument("name")
