@@ -48,10 +48,19 @@ def host_veth(result: dict[str, Any]) -> str:
 
 
 def state(side: Side, result: dict[str, Any]) -> dict[str, Any]:
+    """The container, its host veth, and every route through either, in every table (the local
+    table holds the routes of the addresses), once duplicate address detection is over."""
+    ks.settled(None, host_veth(result))
+    ks.settled(side.ns, "eth0")
     container = ks.container(side.ns)
     # Ours adds the container addresses with noprefixroute rather than deleting the prefix
     # route afterwards: `ip addr` shows the flag, the routing table is the same.
-    return {"container": container, "host": ks.host_veth(host_veth(result))}
+    return {
+        "container": container,
+        "container_routes": ks.routes(side.ns, table="all"),
+        "host": ks.host_veth(host_veth(result)),
+        "host_routes": ks.routes(None, host_veth(result), table="all"),
+    }
 
 
 @pytest.mark.reference
