@@ -63,6 +63,7 @@ def sysctl(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
 
 
+@pytest.mark.difference("check-whole-attachment")
 def test_add_k8s_pod_sets_up_calicos_dataplane(plugin_dir: Path, netns: NetNS, tmp_path: Path) -> None:
     cidr, cidr6 = unique_subnet(24), unique_subnet6()
     conf = calico_conf(tmp_path, ipam={"type": "calico-ipam", "assign_ipv6": "true"})

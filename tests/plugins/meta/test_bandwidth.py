@@ -73,6 +73,7 @@ def test_limited_container_and_unlimited_neighbour(main: str, make_network: Any,
         ({"egressRate": -1, "egressBurst": 10}, "egressRate"),
     ],
 )
+@pytest.mark.difference("error-codes")
 def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, int], needle: str) -> None:
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
     conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **limits}
@@ -89,6 +90,7 @@ def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, 
     assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
 
 
+@pytest.mark.difference("bandwidth-ifb")
 def test_ifb_names_differ_per_interface() -> None:
     assert ifb_name("net", "c1", "eth0") != ifb_name("net", "c1", "eth1")
     assert all(len(ifb_name("n" * 200, "c" * 200, i)) <= 15 for i in ("eth0", "net1"))
@@ -110,6 +112,7 @@ def qdisc_kinds(dev: str) -> set[str]:
     return {q["kind"] for q in json.loads(out)}
 
 
+@pytest.mark.difference("bandwidth-ifb")
 def test_del_removes_qdiscs_and_ifb_and_is_idempotent(plugin_dir: Any, make_network: Any, make_netns: Any) -> None:
     """bandwidth's own DEL (before the main plugin deletes the veth): the host veth is clean again."""
     network = make_network([BANDWIDTH])
