@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pycni.calico import config as calico_config
-from pycni.plugins import registry
+from pycni.plugins import common, registry
 from pycni.plugins.ipam import static
 from pycni.plugins.ipam.hostlocal import config as hostlocal_config
 from pycni.plugins.main import bridge, host_device, ipvlan, macvlan, ptp, tap, vlan
@@ -55,11 +55,19 @@ def _prev(call: CmdArgs) -> Any:
     return call.prev_result
 
 
+def _with_dns(load: Callable[[CmdArgs], Any]) -> Callable[[CmdArgs], Any]:
+    """A main plugin's configuration and its own `dns` (which overrides its IPAM's in the result)."""
+    return lambda call: (load(call), common.conf_dns(call))
+
+
+DNS = {"nameservers": ["10.0.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]}
+
+
 Parser = Callable[[CmdArgs], Any]
 # plugin type -> (what parses its configuration, its documented configuration)
 CASES: dict[str, tuple[Parser, dict[str, Any]]] = {
     "bridge": (
-        bridge.load_conf,
+        _with_dns(bridge.load_conf),
         _base(
             "bridge",
             bridge="br-keys",
@@ -74,24 +82,53 @@ CASES: dict[str, tuple[Parser, dict[str, Any]]] = {
             enabledad=True,
             portIsolation=True,
             runtimeConfig={"mac": "0a:00:00:00:00:09"},
+            args={"cni": {"mac": "0a:00:00:00:00:08"}},
             ipam={"type": "host-local"},
+            dns=DNS,
         ),
     ),
-    "ptp": (ptp.load_conf, _base("ptp", ipMasq=True, mtu=1400, ipam={"type": "host-local"})),
+    "ptp": (_with_dns(ptp.load_conf), _base("ptp", ipMasq=True, mtu=1400, ipam={"type": "host-local"}, dns=DNS)),
     "macvlan": (
-        macvlan.load_conf,
-        _base("macvlan", master="eth9", mode="private", mtu=1400, linkInContainer=True, bcqueuelen=100, ipam={"type": "static"}),
+        _with_dns(macvlan.load_conf),
+        _base(
+            "macvlan",
+            master="eth9",
+            mode="private",
+            mtu=1400,
+            linkInContainer=True,
+            bcqueuelen=100,
+            runtimeConfig={"mac": "0a:00:00:00:00:03"},
+            ipam={"type": "static"},
+            dns=DNS,
+        ),
     ),
     "ipvlan": (
-        ipvlan.load_conf,
+        _with_dns(ipvlan.load_conf),
         _base("ipvlan", master="eth9", mode="l3", mtu=1400, linkInContainer=True, ipam={"type": "static"}),
     ),
-    "vlan": (vlan.load_conf, _base("vlan", master="eth9", vlanId=42, mtu=1400, linkInContainer=True, ipam={"type": "static"})),
-    "tap": (
-        tap.load_conf,
-        _base("tap", multiQueue=True, mtu=1400, mac="0a:00:00:00:00:07", owner=1000, group=1000, bridge="br0"),
+    "vlan": (
+        _with_dns(vlan.load_conf),
+        _base("vlan", master="eth9", vlanId=42, mtu=1400, linkInContainer=True, ipam={"type": "static"}),
     ),
-    "host-device": (host_device.load_conf, _base("host-device", device="eth9")),
+    "tap": (
+        _with_dns(tap.load_conf),
+        _base(
+            "tap",
+            multiQueue=True,
+            mtu=1400,
+            mac="0a:00:00:00:00:07",
+            owner=1000,
+            group=1000,
+            bridge="br0",
+            runtimeConfig={"mac": "0a:00:00:00:00:06"},
+            ipam={"type": "static"},
+            dns=DNS,
+        ),
+    ),
+    "host-device": (
+        _with_dns(host_device.load_conf),
+        _base("host-device", device="eth9", runtimeConfig={"deviceID": "0000:00:09.0"}, ipam={"type": "static"}, dns=DNS),
+    ),
     "loopback": (_prev, _base("loopback", prevResult=PREV)),
     "host-local": (
         hostlocal_config.load,
@@ -107,6 +144,8 @@ CASES: dict[str, tuple[Parser, dict[str, Any]]] = {
                 "routes": [{"dst": "0.0.0.0/0", "gw": "10.10.0.1"}],
                 "dns": {"nameservers": ["10.10.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]},
             },
+            args={"cni": {"ips": ["10.10.0.6/24"]}},
+            runtimeConfig={"ips": ["10.10.0.7/24"]},
         ),
     ),
     "calico": (
@@ -163,6 +202,7 @@ CASES: dict[str, tuple[Parser, dict[str, Any]]] = {
             allmulti=True,
             txQLen=50,
             dataDir="/run/pct-tuning",
+            runtimeConfig={"mac": "0a:00:00:00:00:04"},
             args={"cni": {"mtu": 1300, "sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1"}}},
             prevResult=PREV,
         ),
