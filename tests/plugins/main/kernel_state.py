@@ -73,6 +73,7 @@ def bridge(name: str) -> dict[str, Any]:
         assign = fh.read().strip()
     return {
         "mtu": link.get("mtu"),
+        "txqlen": link.get("txqlen"),  # the kernel's default: the reference asks for it (TxQLen -1)
         "up": "UP" in link.get("flags", []),
         "promisc": link.get("promiscuity", 0) > 0,
         "vlan_filtering": link.get("linkinfo", {}).get("info_data", {}).get("vlan_filtering"),
