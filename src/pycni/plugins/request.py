@@ -19,7 +19,7 @@ def require_netns(call: CmdArgs) -> None:
 
 def conf_dns(call: CmdArgs) -> DNS | None:
     """The configuration's own `dns`, when any field of it is set (it then overrides IPAM's)."""
-    raw = call.conf.raw.get("dns")
+    raw = call.conf.fields.raw("dns")
     if not isinstance(raw, dict):
         return None
     try:

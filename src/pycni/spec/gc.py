@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pycni.spec import gokeys
 from pycni.spec.errors import CNIError, Code
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -24,22 +25,19 @@ def request_fields(valid: Iterable[tuple[str, str]]) -> dict[str, list[dict[str,
 
 def valid_attachments(conf: Mapping[str, Any]) -> set[tuple[str, str]]:
     """The (containerID, ifname) pairs a GC configuration says are still valid (the legacy key
-    when the current one is absent); ifname is "" for an entry without one. Code 7 for a list
-    that is not one of {containerID, ifname} objects."""
-    key = VALID_ATTACHMENTS_KEY if VALID_ATTACHMENTS_KEY in conf else LEGACY_ATTACHMENTS_KEY
-    items = conf.get(key) or []
+    when the current one is absent); ifname is "" for an entry without one. Keys are read as
+    Go reads them (`pycni.spec.gokeys`). Code 7 for a list that is not one of {containerID,
+    ifname} objects."""
+    key = VALID_ATTACHMENTS_KEY if gokeys.has(conf, VALID_ATTACHMENTS_KEY) else LEGACY_ATTACHMENTS_KEY
+    items = gokeys.get(conf, key) or []
     if not isinstance(items, list):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{key!r} must be a list of {{containerID, ifname}} objects")
     out: set[tuple[str, str]] = set()
     for item in items:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("containerID"), str)
-            or not isinstance(item.get("ifname", ""), str)
-        ):
-            raise CNIError(
-                Code.INVALID_NETWORK_CONFIG,
-                f"invalid entry in {key!r}: {item!r} is not an object with string containerID and ifname",
-            )
-        out.add((item["containerID"], item.get("ifname", "")))
+        entry = item if isinstance(item, dict) else {}
+        container, ifname = gokeys.get(entry, "containerID"), gokeys.get(entry, "ifname", "")
+        if not isinstance(container, str) or not isinstance(ifname, str):
+            what = "is not an object with string containerID and ifname"
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, f"invalid entry in {key!r}: {item!r} {what}")
+        out.add((container, ifname))
     return out

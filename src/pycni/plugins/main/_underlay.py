@@ -76,8 +76,9 @@ def sublink(
     finish: Callable[[Link], None] | None = None,
 ) -> Link:
     """CNI_IFNAME in CNI_NETNS, made from `master` (in the host, or in the container) with the
-    kind's `create` attributes."""
-    creation = Creation(parent=master, parent_in_ns=in_container, create=create, finish=finish)
+    kind's `create` attributes and a transmit queue length of 0 as the reference makes it (Go
+    netlink's LinkAttrs literal)."""
+    creation = Creation(parent=master, parent_in_ns=in_container, create={"txqlen": 0, **create}, finish=finish)
     return Link(call.ifname, ns=call.netns, kind=kind, creation=creation, settings=Settings(mtu=mtu, mac=mac))
 
 

@@ -9,7 +9,7 @@ next to another network's interface. A kernel without dummy support fails ADD wi
 
 from __future__ import annotations
 
-from pycni.net.attachment import Link
+from pycni.net.attachment import Creation, Link
 from pycni.plugins.main import _underlay as underlay
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
@@ -25,7 +25,8 @@ def ipam_type(call: CmdArgs) -> str:
 
 
 def plan(call: CmdArgs) -> underlay.Plan:
-    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy"), ipam_type(call))
+    # Queue length 0, as the reference's netlink.Dummy{LinkAttrs{...}} makes it.
+    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy", creation=Creation(create={"txqlen": 0})), ipam_type(call))
 
 
 add, check, delete, gc, status = underlay.commands(plan)
