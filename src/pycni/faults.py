@@ -34,20 +34,20 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 FAULT_ENV = "PYCNI_FAULT"
 TRACE_ENV = "PYCNI_FAULT_TRACE"
 
 
-@dataclass
 class Injection:
-    """One call's fault injection: where to die, where to trace, what it reached so far."""
+    """One call's fault injection: where to die, where to trace, what it reached so far.
+    (A plain class: a dataclass would cost every plugin process its generated code.)"""
 
-    kill: tuple[str, int] | None = None
-    trace: str = ""
-    reached: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, kill: tuple[str, int] | None = None, trace: str = "") -> None:
+        self.kill = kill
+        self.trace = trace
+        self.reached: dict[str, int] = {}
+        self.lock = threading.Lock()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Injection | None:

@@ -5,13 +5,14 @@ records) sees the old file or the new one, never a part of either."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 PARTIAL_PREFIX = ".tmp-"  # what a killed writer leaves; readers that list a directory skip it
 
 
 def replace_file(path: str, data: bytes, mode: int = 0o600, dir_mode: int = 0o755) -> None:
     """Write `data` to `path` atomically, with `mode`; its directory is made with `dir_mode`."""
+    import tempfile  # here: with shutil, bz2 and lzma it costs a plugin process ~5 ms it rarely needs
+
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=dir_mode, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)
