@@ -232,13 +232,12 @@ class Registry:
             try:
                 for response in responses:
                     out = []
-                    for event in response.events:
-                        kv = event.kv
-                        key = bytes(kv.key).decode()
+                    for event in response.events:  # pyetcd's PutEvent / DeleteEvent around the kv
+                        key = bytes(event.key).decode()
                         if parse_key(key) is None:
                             continue
-                        kind = "delete" if event.type == 1 else "put"
-                        out.append(WatchEvent(kind, key, bytes(kv.value).decode(), int(kv.lease), int(kv.mod_revision)))
+                        kind = "delete" if type(event).__name__ == "DeleteEvent" else "put"
+                        out.append(WatchEvent(kind, key, bytes(event.value).decode(), int(event.lease), int(event.mod_revision)))
                     if out:
                         yield out
             except self._errors as exc:
