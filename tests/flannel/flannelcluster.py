@@ -36,6 +36,7 @@ class PodInfo:
     ip: str
     name: str
     result: dict[str, Any] = field(default_factory=dict)
+    network: str = ""
 
 
 @dataclass
@@ -120,24 +121,29 @@ class FlannelCluster:
         if proc is not None:
             node.stop(proc)
 
-    def cni(self, node: Node, command: str, pod: Pod, name: str) -> subprocess.CompletedProcess[str]:
-        env = dict(NETCONFPATH="/etc/cni/net.d", CNI_PATH=self.cni_path, CNI_ARGS=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}")
-        return node.run(str(VENV_BIN / "pycni"), command, self.network, pod.path, env=env, check=False)
+    def cni(self, node: Node, command: str, pod: Pod, name: str, network: str = "") -> subprocess.CompletedProcess[str]:
+        env = {
+            "NETCONFPATH": "/etc/cni/net.d",
+            "CNI_PATH": self.cni_path,
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
+        }
+        return node.run(str(VENV_BIN / "pycni"), command, network or self.network, pod.path, env=env, check=False)
 
-    def add_pod(self, node: Node) -> PodInfo:
+    def add_pod(self, node: Node, network: str = "") -> PodInfo:
         pod = node.make_pod()
         name = f"pod-{pod.name[-8:]}"
-        out = self.cni(node, "add", pod, name)
+        out = self.cni(node, "add", pod, name, network)
         if out.returncode != 0:
+            node.delete_pod_netns(pod)
             raise RuntimeError(f"ADD on {node.name} failed: {out.stdout}{out.stderr}")
         result = json.loads(out.stdout)
         ip = result["ips"][0]["address"].split("/")[0]
-        info = PodInfo(pod, node, ip, name, result)
+        info = PodInfo(pod, node, ip, name, result, network or self.network)
         self.pods.append(info)
         return info
 
     def delete_pod(self, info: PodInfo) -> subprocess.CompletedProcess[str]:
-        out = self.cni(info.node, "del", info.pod, info.name)
+        out = self.cni(info.node, "del", info.pod, info.name, info.network)
         info.node.delete_pod_netns(info.pod)
         if info in self.pods:
             self.pods.remove(info)
@@ -157,3 +163,51 @@ class FlannelCluster:
         for node in self.cluster.nodes:
             self.stop(node)
             # what flanneld and the bridge plugin leave on a node goes with its namespace
+
+
+_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64); s.settimeout(120)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(b"pong"); c.close()
+"""
+_CLIENT = """
+import socket, sys
+port = int(sys.argv[1])
+for dst in sys.argv[2:]:
+    try:
+        with socket.create_connection((dst, port), timeout=5) as c:
+            answer = c.recv(10)
+        print(dst, "ok" if answer == b"pong" else "bad answer")
+    except OSError as exc:
+        print(dst, "failed:", exc)
+"""
+TCP_PORT = 7007
+
+
+def mesh(pods: list[PodInfo], tcp: bool = True) -> list[str]:
+    """Every pod to every other: ICMP, and TCP (one server per pod, one client per pod); what failed."""
+    problems = []
+    for src in pods:
+        for dst in pods:
+            if src is not dst and not src.pod.ping(dst.ip, count=1, timeout=2) and not src.pod.ping(dst.ip, count=2, timeout=2):
+                problems.append(f"ping {src.name}@{src.node.name} -> {dst.name}@{dst.node.name} ({dst.ip})")
+    if not tcp:
+        return problems
+    servers = [p.pod.popen(sys.executable, "-c", _SERVER, p.ip, str(TCP_PORT), stdout=subprocess.PIPE) for p in pods]
+    try:
+        for server in servers:
+            assert server.stdout is not None
+            server.stdout.readline()
+        for src in pods:
+            targets = [p.ip for p in pods if p is not src]
+            out = src.pod.run(sys.executable, "-c", _CLIENT, str(TCP_PORT), *targets, check=False, timeout=120).stdout
+            problems += [f"TCP {src.name}@{src.node.name} -> {line}" for line in out.splitlines() if not line.endswith(" ok")]
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    return problems

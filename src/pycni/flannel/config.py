@@ -208,7 +208,6 @@ def parse(text: str | bytes) -> NetworkConfig:
             " keys every lease by its IPv4 subnet; enable IPv4 beside IPv6"
         )
     enable_ipv6 = _bool(values, "EnableIPv6", False)
-    backend = parse_backend(values.get("Backend"))
 
     network = _network(values, "Network", 4)
     if network is None:
@@ -216,6 +215,7 @@ def parse(text: str | bytes) -> NetworkConfig:
     subnet_len, smin, smax = _ranges(
         network, _uint(values, "SubnetLen", "", 32), _address(values, "SubnetMin", 4), _address(values, "SubnetMax", 4), ""
     )
+    backend = parse_backend(values.get("Backend"))
     config = NetworkConfig(network, subnet_len, smin, smax, backend, raw=data)
     config.enable_nftables = _bool(values, "EnableNFTables", False)
     if enable_ipv6:
