@@ -79,6 +79,7 @@ class FlannelCluster:
     def start(self, node: Node, extra_args: list[str] | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
         assert self.cluster.etcd is not None
         self.write_conflist(node)
+        (node.root / "flanneld.log").write_text("")  # wait_ready reads this run's log only
         argv = [str(VENV_BIN / "flanneld"), f"--etcd-endpoints={self.cluster.etcd.endpoint}", *self.args, *(extra_args or [])]
         proc = node.popen(*argv, log="flanneld.log")
         self.daemons[node.name] = proc
