@@ -210,12 +210,20 @@ class Flanneld:
 
     def reconcile(self) -> kernel.Outcome:
         leases = self.watcher.snapshot()
+        started = time.monotonic()
         wanted = backends.wanted(self.config, self.ext, self.local, leases)
         outcome = kernel.sync(wanted, self.versions())
+        took = (time.monotonic() - started) * 1000
         self.status.reconciles += 1
         self.status.last_outcome = outcome
         if outcome.written or outcome.deleted:
-            log.info("Dataplane: %d written, %d removed (%d remote leases)", outcome.written, outcome.deleted, len(leases) - 1)
+            log.info(
+                "Dataplane: %d written, %d removed (%d remote leases) in %.0f ms",
+                outcome.written,
+                outcome.deleted,
+                len(leases) - 1,
+                took,
+            )
         for problem in outcome.failures:
             log.error("Dataplane: %s", problem)
         if outcome.blocked:
