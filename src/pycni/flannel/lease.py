@@ -96,7 +96,7 @@ def attrs_json(lease: Lease) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def _field(data: dict[str, Any], name: str) -> Any:
+def go_field(data: dict[str, Any], name: str) -> Any:
     """A key matched case-insensitively, as encoding/json does (the last spelling wins)."""
     found = None
     for key, value in data.items():
@@ -108,7 +108,7 @@ def _field(data: dict[str, Any], name: str) -> Any:
 def _vtep(raw: Any) -> VtepData | None:
     if not isinstance(raw, dict):
         return None
-    vni, mac = _field(raw, "VNI"), _field(raw, "VtepMAC")
+    vni, mac = go_field(raw, "VNI"), go_field(raw, "VtepMAC")
     if not isinstance(vni, int) or not isinstance(mac, str):
         return None
     return VtepData(vni, mac.lower())
@@ -122,22 +122,22 @@ def from_kv(key: str, value: str | bytes, etcd_lease: int = 0, mod_revision: int
     data = json.loads(value)
     if not isinstance(data, dict):
         raise ValueError(f"{key}: the lease is not a JSON object")
-    public = _field(data, "PublicIP")
-    public6 = _field(data, "PublicIPv6")
+    public = go_field(data, "PublicIP")
+    public6 = go_field(data, "PublicIPv6")
     try:
         public_ip = ipaddress.IPv4Address(public)
         public_ipv6 = ipaddress.IPv6Address(public6) if public6 else None
     except ValueError:
         raise ValueError(f"{key}: PublicIP {public!r} / PublicIPv6 {public6!r} is not an address") from None
-    kind = _field(data, "BackendType") or ""
+    kind = go_field(data, "BackendType") or ""
     return Lease(
         subnet=subnets[0],
         ipv6_subnet=subnets[1],
         public_ip=public_ip,
         public_ipv6=public_ipv6,
         backend_type=str(kind),
-        vtep=_vtep(_field(data, "BackendData")),
-        vtep6=_vtep(_field(data, "BackendV6Data")),
+        vtep=_vtep(go_field(data, "BackendData")),
+        vtep6=_vtep(go_field(data, "BackendV6Data")),
         etcd_lease=etcd_lease,
         mod_revision=mod_revision,
     )

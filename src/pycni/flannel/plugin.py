@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pycni.flannel.lease import go_field
 from pycni.runtime import delegate as delegation
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
@@ -166,17 +167,8 @@ class Conf:
     runtime_config: dict[str, Any] | None
 
 
-def _key(raw: dict[str, Any], name: str) -> Any:
-    """A key matched case-insensitively, as Go's encoding/json matches struct fields."""
-    found = None
-    for key, value in raw.items():
-        if key.lower() == name.lower():
-            found = value
-    return found
-
-
 def _path(raw: dict[str, Any], name: str, default: str) -> str:
-    value = _key(raw, name)
+    value = go_field(raw, name)
     if value is None or value == "":
         return default
     if not isinstance(value, str) or "\0" in value or not value.startswith("/"):
@@ -187,7 +179,7 @@ def _path(raw: dict[str, Any], name: str, default: str) -> str:
 
 
 def _object(raw: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = _key(raw, name)
+    value = go_field(raw, name)
     if value is not None and not isinstance(value, dict):
         raise CNIError(
             Code.INVALID_NETWORK_CONFIG, f"failed to load netconf: {name!r} must be an object, not {json.dumps(value)}"
@@ -211,7 +203,7 @@ def _route(raw: Any) -> _Struct:
     if not isinstance(raw, dict):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: {json.dumps(raw)} is not a route object")
     out = _Struct()
-    dst = _key(raw, "dst")
+    dst = go_field(raw, "dst")
     try:
         if not isinstance(dst, str):
             raise ValueError
@@ -221,7 +213,7 @@ def _route(raw: Any) -> _Struct:
         out["dst"] = f"{parsed.ip}/{parsed.network.prefixlen}"
     except ValueError:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: dst {json.dumps(dst)} is not a CIDR") from None
-    gw = _key(raw, "gw")
+    gw = go_field(raw, "gw")
     if gw:
         try:
             out["gw"] = str(ipaddress.ip_address(gw))
@@ -230,11 +222,11 @@ def _route(raw: Any) -> _Struct:
                 Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: gw {json.dumps(gw)} is not an address"
             ) from None
     for name in ("mtu", "advmss", "priority"):
-        value = _key(raw, name)
+        value = go_field(raw, name)
         if value:
             out[name] = value
     for name in ("table", "scope"):
-        value = _key(raw, name)
+        value = go_field(raw, name)
         if value is not None:
             out[name] = value
     return out
