@@ -68,6 +68,7 @@ def test_invalid_configuration(bare: FlannelCluster, config: Any, message: str) 
         (["--iface=nosuch0"], 1, "no interface matches --iface nosuch0"),
         (["--subnet-lease-renew-margin=1440"], 1, "out of the acceptable range 1..1439"),
         (["--kube-subnet-mgr"], 1, "the Kubernetes subnet manager is not supported"),
+        (["--ip-blackhole-route"], 1, "--ip-blackhole-route is not supported"),
         (["--bogus"], 2, "flag provided but not defined: -bogus"),
     ],
 )
@@ -111,3 +112,23 @@ def test_direct_routing(direct: FlannelCluster) -> None:
     assert f"{subnet[third.name]} via {third.address.ip} dev eth0" in routes  # same underlay subnet: no tunnel
     assert f"{subnet[second.name]} via {subnet[second.name].split('/')[0]} dev flannel.1 onlink" in routes
     assert mesh(direct.pods, tcp=False) == []
+
+
+def test_a_reservation_is_taken_and_stays_one(bare: FlannelCluster) -> None:
+    """A lease written by hand without an etcd lease (flannel's reservation) for this node's
+    address: flanneld takes that subnet and leaves the key without a TTL."""
+    node = bare.cluster.nodes[0]
+    bare.set_config(network_config("host-gw", network="10.1.0.0/16"))
+    key = "/coreos.com/network/subnets/10.1.77.0-24"
+    bare.etcdctl("put", key, json.dumps({"PublicIP": str(node.address.ip), "BackendType": "host-gw"}))
+    try:
+        bare.start(node)
+        assert "FLANNEL_SUBNET=10.1.77.1/24" in bare.subnet_env(node)
+        assert "is a reservation" in bare.log(node)
+        listing = json.loads(bare.etcdctl("get", key, "-w", "json").stdout)
+        assert listing["kvs"][0].get("lease", 0) == 0
+    finally:
+        bare.stop(node)
+        bare.etcdctl("del", "--prefix", "/coreos.com/network/subnets/")
+        (node.private("/run/flannel") / "subnet.env").unlink(missing_ok=True)
+        node.run("nft", "delete", "table", "ip", "flannel-ipv4", check=False)

@@ -7,8 +7,8 @@ and a lease deleted in etcd."""
 from __future__ import annotations
 
 import json
+import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,16 +123,34 @@ def test_delegating_to_the_reference_bridge(fc: FlannelCluster) -> None:
 
 
 def test_reference_flannel_plugin_on_our_subnet_env(fc: FlannelCluster) -> None:
-    if not Path("/usr/lib/cni/flannel").exists():
+    """flannel-io/cni-plugin's own binary (Debian does not ship it; PYCNI_REFERENCE_FLANNEL names
+    one built elsewhere) with the reference bridge and host-local, on the subnet.env our flanneld
+    wrote: the pod reaches the others, and it saves the very bytes ours saves."""
+    reference = os.environ.get("PYCNI_REFERENCE_FLANNEL", "/usr/lib/cni/flannel")
+    if not Path(reference).exists():
         pytest.skip("no flannel plugin in /usr/lib/cni: Debian's containernetworking-plugins (1.1.1) no longer ships it")
     node = fc.cluster.nodes[2]
-    saved = fc.cni_path
-    fc.cni_path = f"/usr/lib/cni:{fc.plugin_dir}"
+    chain = fc.cluster.root / "reference-chain"
+    chain.mkdir(exist_ok=True)
+    for name, target in (("flannel", reference), ("bridge", "/usr/lib/cni/bridge"), ("host-local", "/usr/lib/cni/host-local")):
+        if not (chain / name).exists():
+            (chain / name).symlink_to(target)
+    saved_dir = node.private("/var/lib/cni") / "flannel"
+    ours = next(p for p in fc.pods if p.node is node)
+    from pycni.cli.main import container_id_for
+
+    saved_cni_path, fc.cni_path = fc.cni_path, str(chain)
     try:
         info = fc.add_pod(node)
-        assert fc.delete_pod(info).returncode == 0
+        try:
+            theirs = (saved_dir / container_id_for(info.pod.path)).read_bytes()
+            assert theirs == (saved_dir / container_id_for(ours.pod.path)).read_bytes()
+            others = [p for p in fc.pods if p.node is not node and p is not info][:2]
+            assert mesh([info, *others], tcp=False) == []
+        finally:
+            assert fc.delete_pod(info).returncode == 0
     finally:
-        fc.cni_path = saved
+        fc.cni_path = saved_cni_path
 
 
 def test_healthz(fc: FlannelCluster) -> None:
@@ -144,7 +162,6 @@ def test_healthz(fc: FlannelCluster) -> None:
             f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{HEALTHZ_PORT}{path}').read().decode())",
         )
         assert out.stdout.strip().startswith(body)
-    assert urllib.request is not None
 
 
 def test_masquerade_rules_restored_when_removed_or_reordered(fc: FlannelCluster) -> None:

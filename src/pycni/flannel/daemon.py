@@ -260,12 +260,16 @@ class Flanneld:
         log.info("Wrote subnet file to %s", self.options.subnet_file)
         self.monitor = KernelMonitor(self._wake.set, lambda: self._device_indexes)
         self.monitor.start()
-        try:
-            ttl = self.registry.ttl(self.local.lease.etcd_lease)
-            if ttl > 0:
-                self.expires = time.monotonic() + ttl
-        except EtcdUnavailable:
-            pass
+        if not self.local.lease.etcd_lease:
+            self.expires = float("inf")  # a reservation: it never expires, nothing to renew
+            log.info("Lease %s is a reservation (no TTL)", self.local.lease.key)
+        else:
+            try:
+                ttl = self.registry.ttl(self.local.lease.etcd_lease)
+                if ttl > 0:
+                    self.expires = time.monotonic() + ttl
+            except EtcdUnavailable:
+                pass
         self.status.ready = True
         log.info("flannel is ready: lease %s, backend %s", self.local.lease.key, self.config.backend.type)
 

@@ -191,6 +191,13 @@ class Registry:
         key = self.key(lease.key)
         if lease.value() == seen.value() and seen.etcd_lease and self.refresh(seen.etcd_lease) > 0:
             return _with(lease, seen.etcd_lease, seen.mod_revision)
+        if not seen.etcd_lease:  # a reservation (a key without an etcd lease, written by hand): it stays one
+            ok, _ = self._call(
+                lambda c: c.transaction(
+                    compare=[self._tx.Mod(key) == seen.mod_revision], success=[self._tx.Put(key, lease.value())], failure=[]
+                )
+            )
+            return _with(lease, 0, 0) if ok else None
         granted = self._call(lambda c: c.lease(ttl))
         ok, _ = self._call(
             lambda c: c.transaction(

@@ -11,6 +11,7 @@ value as given, as flannel does.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ FLAGS = (
     Flag("healthz-port", "int", 0, "the port for healthz server to listen(0 to disable)"),
     Flag("iptables-resync", "int", 5, "resync period for the masquerade and forward rules (nftables), in seconds"),
     Flag("iptables-forward-rules", "bool", True, "add default accept rules to the forward chain"),
-    Flag("ip-blackhole-route", "bool", False, "add blackroute route ont the node for the local podCIDR"),
+    Flag("ip-blackhole-route", "bool", False, "add blackroute route ont the node for the local podCIDR (not supported)"),
     Flag("net-config-path", "string", "/etc/kube-flannel/net-conf.json", "path to the network configuration file (kube only)"),
     Flag("set-node-network-unavailable", "bool", True, "set NodeNetworkUnavailable after ready (kube only)"),
     Flag("v", "int", 0, "number for the log level verbosity"),
@@ -141,11 +142,8 @@ def usage(program: str = "flanneld") -> str:
     for flag in FLAGS:
         kind = {"string": " string", "int": " int", "list": " value", "bool": ""}[flag.kind]
         lines.append(f"  -{flag.name}{kind}")
-        default = (
-            ""
-            if flag.default in ("", (), False, 0) and flag.name != "subnet-lease-renew-margin"
-            else f" (default {flag.default!r})"
-        )
+        shown = json.dumps(flag.default) if isinstance(flag.default, str | bool) else str(flag.default)
+        default = "" if flag.default in ("", (), False, 0) else f" (default {shown})"
         lines.append(f"    \t{flag.help}{default}")
     lines.append(f"Every flag may also be set by {ENV_PREFIX}_<FLAG> (upper case, '-' as '_'), e.g. {ENV_PREFIX}_ETCD_ENDPOINTS.")
     return "\n".join(lines) + "\n"

@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < margin < 24 * 60:
         log.error("Invalid subnet-lease-renew-margin option %d: out of the acceptable range 1..1439 (minutes)", margin)
         return 1
+    if opts["ip-blackhole-route"]:
+        log.error("--ip-blackhole-route is not supported: the bridge plugin's subnet route already keeps the node's pods local")
+        return 1
     if opts["kube-subnet-mgr"]:
         log.error("--kube-subnet-mgr: the Kubernetes subnet manager is not supported; pycni's flanneld keeps leases in etcd")
         return 1

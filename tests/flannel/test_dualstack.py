@@ -1,0 +1,40 @@
+"""Dual stack (EnableIPv6): leases keyed by both subnets, a second VXLAN device, subnet.env's
+IPv6 lines, pods with both families reaching each other across nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.flannel.conftest import flannel_cluster
+from tests.flannel.flannelcluster import FlannelCluster, mesh
+
+IPV6 = {"EnableIPv6": True, "IPv6Network": "fd10:244::/56"}
+
+
+@pytest.fixture(scope="module", params=["vxlan", "host-gw"])
+def fc(request: pytest.FixtureRequest) -> Iterator[FlannelCluster]:
+    yield from flannel_cluster(request.param, nodes=2, pods=1, **IPV6)
+
+
+def test_dual_stack(fc: FlannelCluster) -> None:
+    leases = fc.leases()
+    assert all("&fd10:244:0:" in key and key.endswith("::-64") for key in leases)
+    for node in fc.cluster.nodes:
+        values = fc.env_values(node)
+        assert list(values) == [
+            "FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ",
+        ]  # fmt: skip
+        assert values["FLANNEL_IPV6_NETWORK"] == "fd10:244::/56" and values["FLANNEL_IPV6_SUBNET"].endswith("::1/64")
+    for lease in leases.values():
+        assert lease["PublicIPv6"].startswith("fd")
+        if lease["BackendType"] == "vxlan":
+            assert lease["BackendV6Data"]["VNI"] == 1
+    one, two = fc.pods
+    six = [next(ip["address"].split("/")[0] for ip in p.result["ips"] if ":" in ip["address"]) for p in fc.pods]
+    assert mesh(fc.pods, tcp=False) == []
+    assert one.pod.run("ping", "-6", "-c", "1", "-W", "2", six[1], check=False).returncode == 0
+    assert two.pod.run("ping", "-6", "-c", "1", "-W", "2", six[0], check=False).returncode == 0
+    if "BackendV6Data" in next(iter(leases.values())):
+        assert "flannel-v6.1" in fc.cluster.nodes[0].ip("link").stdout
