@@ -29,6 +29,7 @@ from typing import Any
 
 from pycni.flannel.lease import go_field
 from pycni.runtime import delegate as delegation
+from pycni.runtime import invoke
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
@@ -310,22 +311,45 @@ def _saved(path: str) -> tuple[bytes, dict[str, Any]] | None:
 # -- the commands ------------------------------------------------------------------------------
 
 
+# Errors by which a plugin refuses its input before it changes anything.
+_REFUSALS = (
+    Code.INCOMPATIBLE_CNI_VERSION,
+    Code.UNSUPPORTED_FIELD,
+    Code.INVALID_ENVIRONMENT_VARIABLES,
+    Code.DECODING_FAILURE,
+    Code.INVALID_NETWORK_CONFIG,
+)
+
+
+def _locate(call: CmdArgs, kind: str) -> None:
+    """Fail before anything is saved when the delegate cannot be run at all."""
+    if not call.path:
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT_VARIABLES, f'CNI_PATH is empty: cannot find the "{kind}" plugin flannel delegates to'
+        )
+    invoke.find_in_path(kind, call.path)
+
+
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
     env = load_subnet_env(conf.subnet_file)
     delegate = delegate_conf(call, conf, env)
+    kind = delegate["type"]
+    _locate(call, kind)
     data = go_marshal(delegate).encode()
     path = _record(conf, call.container_id)
     _save(path, data)
-    kind = delegate["type"]
     try:
         return delegation.add(call, kind, data)
-    except CNIError:
+    except CNIError as failed:
         try:
             delegation.delete(call, kind, data)  # what the delegate left of the failed ADD
             _remove(path)
         except CNIError as exc:
-            call.log.warning("undoing the failed ADD: %s (the saved configuration stays for DEL)", exc)
+            if failed.code in _REFUSALS:
+                _remove(path)  # the delegate refused its input: it made nothing for DEL to find
+            else:
+                call.log.warning("undoing the failed ADD: %s (the saved configuration stays for DEL)", exc)
         raise
 
 
