@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster.harness import wait_until
 from tests.flannel.conftest import flannel_cluster
 from tests.flannel.flannelcluster import FlannelCluster, mesh
 
@@ -34,7 +35,12 @@ def test_dual_stack(fc: FlannelCluster) -> None:
     one, two = fc.pods
     six = [next(ip["address"].split("/")[0] for ip in p.result["ips"] if ":" in ip["address"]) for p in fc.pods]
     assert mesh(fc.pods, tcp=False) == []
-    assert one.pod.run("ping", "-6", "-c", "1", "-W", "2", six[1], check=False).returncode == 0
-    assert two.pod.run("ping", "-6", "-c", "1", "-W", "2", six[0], check=False).returncode == 0
+    # (the first answers wait for duplicate address detection on the bridges' new IPv6 gateways)
+    for src, dst in ((one, six[1]), (two, six[0])):
+        ping = lambda s=src, d=dst: s.pod.run("ping", "-6", "-c", "1", "-W", "1", d, check=False).returncode == 0  # noqa: E731
+        wait_until(ping, timeout=10, interval=0.2, what=f"ping -6 {dst}")
     if "BackendV6Data" in next(iter(leases.values())):
-        assert "flannel-v6.1" in fc.cluster.nodes[0].ip("link").stdout
+        node = fc.cluster.nodes[0]
+        mtus = {dev: node.ip_json("link", "show", dev)[0]["mtu"] for dev in ("flannel.1", "flannel-v6.1")}
+        assert mtus == {"flannel.1": 1450, "flannel-v6.1": 1430}  # VXLAN over IPv6 costs 70 bytes
+        assert fc.env_values(node)["FLANNEL_MTU"] == "1430"  # what both carry

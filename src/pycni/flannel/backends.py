@@ -28,6 +28,7 @@ from pycni.flannel.kernel import Route, VxlanDevice, Wanted
 from pycni.flannel.lease import Lease, VtepData
 
 ENCAP_OVERHEAD = 50
+ENCAP_OVERHEAD6 = 70  # VXLAN over IPv6: the kernel refuses a device MTU above the underlay's minus 70
 
 
 def device_name(vni: int, version: int = 4) -> str:
@@ -41,10 +42,15 @@ def new_mac() -> str:
     return ":".join(f"{o:02x}" for o in octets)
 
 
+def device_mtu(config: NetworkConfig, ext: ExtIface, version: int = 4) -> int:
+    return (config.backend.mtu or ext.mtu) - (ENCAP_OVERHEAD if version == 4 else ENCAP_OVERHEAD6)
+
+
 def mtu(config: NetworkConfig, ext: ExtIface) -> int:
-    """The MTU written to subnet.env (and given to the VXLAN devices)."""
+    """The MTU written to subnet.env: the VXLAN device's (flannel's), the smaller of the two with
+    IPv6 (where flannel would give pods 20 bytes more than its IPv6 device carries)."""
     if config.backend.type == "vxlan":
-        return (config.backend.mtu or ext.mtu) - ENCAP_OVERHEAD
+        return device_mtu(config, ext, 6 if config.enable_ipv6 else 4)
     return ext.mtu
 
 
@@ -94,7 +100,7 @@ def wanted(config: NetworkConfig, ext: ExtIface, local: Local, leases: list[Leas
                 backend.udp_port,
                 underlay,
                 ext.index,
-                mtu(config, ext),
+                device_mtu(config, ext, version),
                 mac,
                 address,
                 backend.learning,
