@@ -21,7 +21,7 @@ SUPPORTED_BACKENDS = ("vxlan", "host-gw")
 _UNSUPPORTED = {
     "udp": "the udp backend (a user-space tunnel, deprecated by flannel) is not implemented",
     "wireguard": "the wireguard backend is not implemented",
-    "ipip": "the ipip backend needs the kernel's IPIP tunnels (CONFIG_NET_IPIP), which this kernel lacks",
+    "ipip": "the ipip backend is not implemented",
     "ipsec": "the ipsec backend (strongSwan) is not implemented",
     "alloc": "the alloc backend (subnets without a dataplane) is not implemented",
     "extension": "the extension backend (external scripts) is not implemented",
@@ -51,6 +51,15 @@ _BACKEND_KEYS = {
 VXLAN_DEFAULT_VNI = 1
 VXLAN_DEFAULT_PORT = 8472  # the kernel's default, which flannel relies on when Port is 0
 MAX_VNI = (1 << 24) - 1
+
+
+def kernel_has_ipip() -> bool:
+    """Whether this kernel has IPIP tunnels (loaded or built in: /sys/module/ipip; or as a module to load)."""
+    import glob
+    import os
+
+    release = os.uname().release
+    return os.path.isdir("/sys/module/ipip") or bool(glob.glob(f"/lib/modules/{release}/kernel/net/ipv4/ipip.ko*"))
 
 
 class ConfigError(ValueError):
@@ -176,6 +185,8 @@ def parse_backend(raw: Any) -> BackendConfig:
         raise ConfigError(f"Backend.Type must be one of {', '.join(SUPPORTED_BACKENDS)}, not {json.dumps(kind)}")
     if kind not in SUPPORTED_BACKENDS:
         why = _UNSUPPORTED.get(kind, f"{kind!r} is not a flannel backend type")
+        if kind == "ipip" and not kernel_has_ipip():
+            why = "the ipip backend needs the kernel's IPIP tunnels (CONFIG_NET_IPIP), which this kernel lacks"
         raise ConfigError(f"Backend.Type {kind!r} is not supported: {why}; supported backends: {', '.join(SUPPORTED_BACKENDS)}")
     values = _lookup(raw, _BACKEND_KEYS[kind], f"Backend (type {kind})")
     out = BackendConfig(kind)
