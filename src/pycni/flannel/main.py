@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,8 @@ from pycni.flannel import config as netconfig
 from pycni.flannel import flags, iface, subnetenv
 from pycni.flannel.daemon import Flanneld, LeaseRevoked, Options, StartupError, acquire, device_macs
 from pycni.flannel.etcd import ConfigNotFound, EtcdOptions, EtcdUnavailable, Registry
+from pycni.flannel.kernel import KernelError
+from pycni.net.nft import NftError
 
 log = logging.getLogger("flanneld")
 VERSION = "v0.26.0-pycni"
@@ -180,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LeaseRevoked as exc:
         log.error("Lease has been revoked: %s. Shutting down daemon.", exc)
         return 1
+    except (KernelError, NftError) as exc:
+        log.error("Failed to set up the dataplane of lease %s: %s", local.lease.key, exc)
+        return 1
     finally:
         daemon.stop()
         registry.close()
     log.info("Exiting cleanly...")
-    time.sleep(0)
     return 0
 
 
