@@ -226,20 +226,17 @@ class PolicyComponent:
     def _rebuild(self) -> None:
         started = time.monotonic()
         try:
-            objects, _counts = self.kernel()
-            self.dataplane.rebuild(objects)
+            self.dataplane.rebuild(self.kernel()[0])
         except nft.NftError as exc:
-            if not self._find_refused():
-                self.needs_rebuild = True
-                self.error = f"nftables refused the policy ruleset: {exc.error.strip()}"
-                log.error("Policy: %s", self.error)
-                return
+            # Something is refused: program every policy and profile chain as a drop (closed),
+            # then check each one against that table, and program again without the refused.
             try:
-                objects, _counts = self.kernel()
-                self.dataplane.rebuild(objects)
+                self.dataplane.rebuild(self.kernel()[0], stubs=True)
+                self._find_refused()
+                self.dataplane.rebuild(self.kernel()[0])
             except nft.NftError as again:
                 self.needs_rebuild = True
-                self.error = f"nftables refused the policy ruleset: {again.error.strip()}"
+                self.error = f"nftables refused the policy ruleset: {(again.error or exc.error).strip()}"
                 log.error("Policy: %s", self.error)
                 return
         self.needs_rebuild = False

@@ -238,8 +238,9 @@ class PolicyDataplane:
             self._dispatch_maps(out)
         return out
 
-    def everything(self) -> dict[ObjKey, Content | None]:
-        """Every object the calculation wants now."""
+    def everything(self, stubs: bool = False) -> dict[ObjKey, Content | None]:
+        """Every object the calculation wants now; with `stubs`, every policy and profile chain
+        a drop (what a table is programmed with while the kernel's refusals are looked for)."""
         calc = self.calc
         dirty = Dirty(
             endpoints=set(calc.local_endpoints()) | set(self.ep_objects),
@@ -254,6 +255,13 @@ class PolicyDataplane:
         out = self.wanted(dirty)
         self._dispatch_maps(out)
         self.base(out)
+        if stubs:
+            drop = _chain([([render.COUNTER, render.DROP], "Not programmed yet")])
+            for key, content in out.items():
+                if content is not None and key[1].startswith(
+                    ("filter-cali-pi-", "filter-cali-po-", "filter-cali-pri-", "filter-cali-pro-")
+                ):
+                    out[key] = drop
         return {k: v for k, v in out.items() if v is not None}
 
     # -- programming ----------------------------------------------------------------------
@@ -272,10 +280,10 @@ class PolicyDataplane:
                 self.programmed[key] = content
         return len(changes)
 
-    def rebuild(self, kernel: set[ObjKey]) -> None:
+    def rebuild(self, kernel: set[ObjKey], stubs: bool = False) -> None:
         """Program everything the calculation wants, over whatever `kernel` (our objects in the
         table now) holds: what exists is flushed and refilled, the rest deleted."""
-        want: dict[ObjKey, Content | None] = dict(self.everything())
+        want: dict[ObjKey, Content | None] = dict(self.everything(stubs))
         for key in kernel:
             want.setdefault(key, None)
         self.run(self._commands(want, existing=kernel, full=True), "policy (full)")
@@ -298,6 +306,8 @@ class PolicyDataplane:
                     rules.append({"flush": {"chain": {**where, "name": name}}})
                     drop_chains.append({"delete": {"chain": {**where, "name": name}}})
                 else:
+                    if kind == "map":  # its elements refer to chains that may go too
+                        rules.append({"flush": {"map": {**where, "name": name}}})
                     remove.append({"delete": {kind: {**where, "name": name}}})
                 continue
             if isinstance(content, Chain):
