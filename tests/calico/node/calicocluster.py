@@ -140,6 +140,7 @@ class CalicoCluster:
             self.write_conflist(node, doc)
         out = self.cni(node, "add", pod, name, namespace)
         if out.returncode != 0:
+            node.delete_pod_netns(pod)
             raise RuntimeError(f"ADD on {node.name} failed: {out.stdout}{out.stderr}")
         ip = json.loads(out.stdout)["ips"][0]["address"].split("/")[0]
         info = PodInfo(pod, node, ip, name, namespace)

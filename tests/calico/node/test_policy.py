@@ -470,6 +470,63 @@ def test_calicoctl_node_policy_lists_what_applies_in_order(world: World) -> None
         assert "no policy selects it in this direction" in out.split("Egress")[1], out
 
 
+def test_pod_labels_come_from_cni_args_and_calicoctl_label_changes_what_applies(world: World) -> None:
+    weps = json.loads(world.calicoctl("get", "workloadendpoints", "-A", "-o", "json").stdout)["items"]
+    db = next(w for w in weps if w["spec"].get("pod") == "db-a")
+    assert db["metadata"]["labels"] == {
+        "app": "db",
+        "projectcalico.org/namespace": "prod",
+        "projectcalico.org/orchestrator": "k8s",
+    }
+    with pytest.raises(RuntimeError, match=r"args\.cni\.labels"):
+        world.cc.add_pod(world.nodes[0], "dev", {"bad key": "x"}, name="bad-labels")
+    assert len(json.loads(world.calicoctl("get", "workloadendpoints", "-A", "-o", "json").stdout)["items"]) == len(weps)
+    manifest = (
+        DEFAULT_DENY
+        + """
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: web-from-fe, namespace: prod}
+    spec:
+      podSelector: {matchLabels: {app: web}}
+      ingress: [{from: [{podSelector: {matchLabels: {role: fe}}}]}]
+    """
+    )
+
+    def allowed(s: P, d: P, proto: str, port: int) -> bool:
+        return d.ns != "prod" or (d.labels.get("app") == "web" and s.labels.get("role") == "fe" and s.ns == "prod")
+
+    name, labels = db["metadata"]["name"], world.pods["db-a"].labels
+    with applied(world, manifest):
+        expect(world, allowed, "web from fe")
+        world.calicoctl("label", "workloadendpoint", name, "role=fe", "-n", "prod")
+        labels["role"] = "fe"
+        try:
+            expect(world, allowed, "db-a labelled role=fe reaches web")
+        finally:
+            world.calicoctl("label", "workloadendpoint", name, "role", "--remove", "-n", "prod")
+            del labels["role"]
+        expect(world, allowed, "the label removed")
+
+
+def test_a_pod_added_while_calico_node_is_down_stays_closed_until_it_is_back(world: World) -> None:
+    cc, node = world.cc, world.nodes[0]
+    cc.kill(node)
+    late = cc.add_pod(node, "prod", {"app": "web"}, name="late")
+    try:
+        # The table is as calico-node left it: the new interface is unknown there, so dropped.
+        ping = {
+            "fe-b": [{"id": "ping", "proto": "icmp", "dst": late.ip}],
+            "web-a": [{"id": "local", "proto": "icmp", "dst": late.ip}],
+        }
+        assert world.probe(ping) == {"ping": False, "local": False}
+        cc.start(node)
+        wait_until(lambda: world.probe(ping) == {"ping": True, "local": True}, timeout=30, what="the late pod covered")
+    finally:
+        cc.delete_pod(late)
+
+
 def test_removing_every_policy_restores_connectivity(world: World) -> None:
     listed = world.calicoctl("get", "networkpolicy", "-A").stdout + world.calicoctl("get", "globalnetworkpolicy").stdout
     assert "default-deny" not in listed and "log-web" not in listed, listed
