@@ -142,3 +142,15 @@ def test_an_unparseable_policy_closes_what_it_may_select() -> None:
     assert calc.closed(("prod", "web")) == [key] and calc.closed(("prod", "db")) == [key]
     calc.delete_policy(key)
     assert calc.closed(("prod", "web")) == []
+
+
+def test_an_interface_change_rewrites_the_member_sets() -> None:
+    calc = world()
+    calc.put_policy(pol("web", {"selector": "app == 'web'"}))
+    calc.dirty.take()
+    moved = ep("web", "10.0.0.1", {"app": "web"})
+    calc.put_endpoint(
+        model.Endpoint(*[moved.namespace, moved.name, moved.node, "calinew"], moved.addresses, moved.labels, moved.profiles)
+    )
+    dirty = calc.dirty.take()
+    assert {k.name for k in dirty.members} == {"web"} and dirty.endpoints == {("prod", "web")}

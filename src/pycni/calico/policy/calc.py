@@ -64,9 +64,12 @@ class Dirty:
     dispatch: bool = False  # the order of active policies
 
     def take(self) -> Dirty:
-        out = Dirty(set(self.endpoints), set(self.members), set(self.policies), set(self.profiles), set(self.selectors),
-                    set(self.netsets), set(self.ports), self.dispatch)  # fmt: skip
-        self.__init__()  # type: ignore[misc]
+        """What is dirty now; this one starts again empty."""
+        out = Dirty(
+            self.endpoints, self.members, self.policies, self.profiles, self.selectors, self.netsets, self.ports, self.dispatch
+        )
+        self.endpoints, self.members, self.policies, self.profiles = set(), set(), set(), set()
+        self.selectors, self.netsets, self.ports, self.dispatch = set(), set(), set(), False
         return out
 
     def __bool__(self) -> bool:
@@ -244,6 +247,8 @@ class Calc:
             self.ep_policies[key] = wanted
         else:
             self.ep_policies.pop(key, None)
+        if old is not None and ep is not None and old.iface != ep.iface:
+            self.dirty.members.update(wanted)  # the member sets hold interface names
         if old is None or ep is None or old.profiles != ep.profiles or was_local != is_local:
             for name in {*(old.profiles if old else ()), *(ep.profiles if ep else ())}:
                 self._sync_profile_owners(name)

@@ -358,7 +358,8 @@ class PolicyDataplane:
                     elements.append(
                         {"add": {"element": {**where, "name": name, "elem": [[k, {"goto": {"target": v}}] for k, v in come]}}}
                     )
-        # Base chains go last among the new chains: they refer to the dispatch maps.
+        # New tables, sets, maps and (empty) chains first, so that every rule added after finds
+        # what it refers to; deletions last, once no rule or map element refers to them.
         return create + elements + rules + drop_chains + remove
 
     def delete_all(self, kernel: set[ObjKey]) -> None:
