@@ -177,10 +177,11 @@ class PolicyComponent:
             self._apply(self.dataplane.wanted(dirty))
 
     def reconcile(self) -> None:
-        if self.needs_rebuild or self.dataplane.failed:
-            self._retry_failed()
+        if self.needs_rebuild:
             self._rebuild()
             return
+        if self.dataplane.failed:
+            self._recheck_failed()
         objects, counts = self.kernel()
         programmed = self.dataplane.programmed
         drift = objects != set(programmed) or any(
@@ -278,12 +279,25 @@ class PolicyComponent:
                 return ("profile", name)
         return None
 
-    def _retry_failed(self) -> None:
-        """Forget what the kernel refused: the next rebuild checks it again (a module may have
-        been loaded, the policy may have changed)."""
-        if self.dataplane.failed:
-            self.dataplane.failed.clear()
-            self.needs_rebuild = True
+    def _recheck_failed(self) -> None:
+        """Check again what the kernel refused (a module may have been loaded since); what it
+        accepts now is programmed and its endpoints opened, in one transaction."""
+        dataplane, calc = self.dataplane, self.calc
+        for owner in list(dataplane.failed):
+            why = dataplane.failed.pop(owner)
+            rendered: dict[dp.ObjKey, dp.Content | None] = {}
+            if owner[0] == "policy":
+                dataplane.policy_chains(owner[1], rendered)
+            else:
+                dataplane.profile_chains(owner[1], rendered)
+            refused = next((r for c in rendered.values() if isinstance(c, dp.Chain) and (r := dataplane.check_chain(c))), "")
+            if refused:
+                dataplane.failed[owner] = refused or why
+                continue
+            log.info("Policy: the kernel now accepts %s %s", owner[0], owner[1])
+            (calc.dirty.policies if owner[0] == "policy" else calc.dirty.profiles).add(owner[1])
+            calc.dirty.endpoints.update(calc.local_endpoints())
+        self.program()
 
 
 class _Metrics:

@@ -140,7 +140,7 @@ class PolicyDataplane:
     def _netsets_of(self, selector: Any) -> list[NSKey]:
         return self.calc.netsets_of(selector)
 
-    def _policy(self, key: PolicyKey, out: dict[ObjKey, Content | None]) -> None:
+    def policy_chains(self, key: PolicyKey, out: dict[ObjKey, Content | None]) -> None:
         calc = self.calc
         policy = calc.policies.get(key)
         for direction in DIRECTIONS:
@@ -156,7 +156,7 @@ class PolicyDataplane:
                 rules = policy.inbound if direction == INGRESS else policy.outbound
                 out[("chain", name)] = _chain(_plain(render.compile_rules(rules, self.opts, self._netsets_of)))
 
-    def _profile(self, name: str, out: dict[ObjKey, Content | None]) -> None:
+    def profile_chains(self, name: str, out: dict[ObjKey, Content | None]) -> None:
         calc = self.calc
         active = name in calc.active_profiles()
         profile = calc.profiles.get(name)
@@ -227,9 +227,9 @@ class PolicyDataplane:
         for pkey in dirty.members | dirty.policies:
             self._members(pkey, out)
         for pkey in dirty.policies:
-            self._policy(pkey, out)
+            self.policy_chains(pkey, out)
         for name in dirty.profiles:
-            self._profile(name, out)
+            self.profile_chains(name, out)
         if dirty.dispatch:
             self._dispatch(out)
         if dirty.endpoints:
