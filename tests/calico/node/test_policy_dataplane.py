@@ -259,3 +259,18 @@ def test_cleanup_leaves_other_objects_of_the_table(component: PolicyComponent) -
     objects, _ = dp.kernel_objects()
     assert objects == set()
     assert nft.list_objects("chain inet calico nat-POSTROUTING")
+
+
+def test_workload_tunnels_are_dropped_unless_allowed() -> None:
+    def rules(opts: Options) -> str:
+        return json.dumps(render.base_chains(opts)[render.BASE_FROM_WL][1])
+
+    assert "Drop VXLAN encapped" in rules(Options()) and '"right": 4789' in rules(Options())
+    assert "Drop IPinIP encapped" in rules(Options())
+    allowed = render.options_from_env(
+        {"FELIX_ALLOWVXLANPACKETSFROMWORKLOADS": "true", "FELIX_ALLOWIPIPPACKETSFROMWORKLOADS": "1"}
+    )
+    assert "encapped" not in rules(allowed)
+    assert '"right": 8472' in rules(render.options_from_env({"FELIX_VXLANPORT": "8472"}))
+    with pytest.raises(ValueError, match="FELIX_DEFAULTENDPOINTTOHOSTACTION"):
+        render.options_from_env({"FELIX_DEFAULTENDPOINTTOHOSTACTION": "maybe"})

@@ -64,6 +64,11 @@ class Options:
     ipv6: bool = True
     #: FELIX_DEFAULTENDPOINTTOHOSTACTION: DROP, RETURN or ACCEPT
     endpoint_to_host: str = "DROP"
+    #: felix drops VXLAN (to FELIX_VXLANPORT) and IPIP packets a workload sends, which could
+    #: carry traffic past egress policy, unless FELIX_ALLOW{VXLAN,IPIP}PACKETSFROMWORKLOADS
+    vxlan_port: int = 4789
+    allow_vxlan: bool = False
+    allow_ipip: bool = False
 
 
 def options_from_env(env: dict[str, str]) -> Options:
@@ -86,13 +91,22 @@ def options_from_env(env: dict[str, str]) -> Options:
     group_text = env.get("PYCNI_POLICY_LOG_GROUP", "").strip()
     if group_text and not (group_text.isdigit() and int(group_text) < 65536):
         raise ValueError(f"PYCNI_POLICY_LOG_GROUP={group_text!r} is not an NFLOG group (0-65535)")
-    ipv6 = env.get("FELIX_IPV6SUPPORT", "true").strip().lower() not in ("false", "0", "no", "n", "f")
+
+    def flag(key: str, default: bool) -> bool:
+        return env.get(key, str(default)).strip().lower() not in ("false", "0", "no", "n", "f")
+
+    port = env.get("FELIX_VXLANPORT", "").strip() or "4789"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"FELIX_VXLANPORT={port!r} is not a UDP port (1-65535)")
     return Options(
         log_prefix=env.get("FELIX_LOGPREFIX", "").strip() or "calico-packet",
         log_group=int(group_text) if group_text else None,
         pass_mark=bits[1],
-        ipv6=ipv6,
+        ipv6=flag("FELIX_IPV6SUPPORT", True),
         endpoint_to_host=action,
+        vxlan_port=int(port),
+        allow_vxlan=flag("FELIX_ALLOWVXLANPACKETSFROMWORKLOADS", False),
+        allow_ipip=flag("FELIX_ALLOWIPIPPACKETSFROMWORKLOADS", False),
     )
 
 
@@ -375,6 +389,13 @@ def base_chains(opts: Options) -> dict[str, tuple[dict[str, Any], list[tuple[lis
             ([iface, ct_state("established", "related"), ACCEPT], ""),
             ([iface, ct_state("invalid"), DROP], ""),
         ]
+        if direction == EGRESS and not opts.allow_vxlan:
+            rules.append(([iface, match(meta("l4proto"), 17), match(payload("th", "dport"), opts.vxlan_port), COUNTER, DROP],
+                          "Drop VXLAN encapped packets originating in workloads"))  # fmt: skip
+        if direction == EGRESS and not opts.allow_ipip:
+            rules.append(
+                ([iface, match(meta("l4proto"), 4), COUNTER, DROP], "Drop IPinIP encapped packets originating in workloads")
+            )
         if hooked_on == "input":
             rules.append(
                 (
