@@ -34,7 +34,7 @@ from pycni.net import attachment, netns
 from pycni.plugins import common
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
-from pycni.spec import ipaddr
+from pycni.spec import gokeys, ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
@@ -60,12 +60,13 @@ def _container_routes(ctx: cni.Context) -> list[dataplane.IPNetwork]:
     """Calico's default routes, or host-local's `routes` (their gateways ignored: the host is the gateway)."""
     routes: list[dataplane.IPNetwork] = []
     if ctx.conf.ipam.type == "host-local":
-        for entry in ctx.conf.ipam.raw.get("routes") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("dst"), str):
+        for entry in gokeys.get(ctx.conf.ipam.raw, "routes") or []:
+            dst = gokeys.get(entry, "dst") if isinstance(entry, dict) else None
+            if isinstance(dst, str):
                 try:
-                    routes.append(ipaddr.network(entry["dst"], strict=False))
+                    routes.append(ipaddr.network(dst, strict=False))
                 except ValueError:
-                    raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {entry['dst']!r}") from None
+                    raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {dst!r}") from None
     if not routes:
         return list(dataplane.DEFAULT_ROUTES)
     if ctx.conf.include_default_routes:
