@@ -23,25 +23,28 @@ from pycni.calico.datastore import Datastore
 from pycni.calico.policy.model import NAMESPACE_LABEL_PREFIX, NAMESPACE_PROFILE_PREFIX, check_labels
 from pycni.calico.policy.resources import PROFILE
 from pycni.calico.resources import ResourceError, Resources, ValidationError
+from pycni.spec import gokeys
 from pycni.spec.errors import CNIError, Code
 
 
 def pod_labels(raw_conf: dict[str, Any]) -> dict[str, str]:
     """`args.cni.labels` as a label map; code 7 naming the label when one is not a valid label."""
-    args = raw_conf.get("args")
-    cni = args.get("cni") if isinstance(args, dict) else None
-    entries = cni.get("labels") if isinstance(cni, dict) else None
+    args = gokeys.get(raw_conf, "args")  # keys matched as Go's encoding/json matches them
+    cni = gokeys.get(args, "cni") if isinstance(args, dict) else None
+    entries = gokeys.get(cni, "labels") if isinstance(cni, dict) else None
     if entries is None:
         return {}
     if not isinstance(entries, list):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"args.cni.labels: expected a list of {{key, value}}, got {entries!r}")
     labels: dict[str, str] = {}
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not isinstance(entry.get("value", ""), str):
+        key = gokeys.get(entry, "key") if isinstance(entry, dict) else None
+        value = gokeys.get(entry, "value", "") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not isinstance(value, str):
             raise CNIError(
                 Code.INVALID_NETWORK_CONFIG, f'args.cni.labels[{i}]: expected {{"key": ..., "value": ...}}, got {entry!r}'
             )
-        labels[entry["key"]] = entry.get("value", "")
+        labels[key] = value
     try:
         check_labels(labels, "args.cni.labels")
     except ValidationError as exc:
