@@ -19,7 +19,8 @@ exec unshare --net --mount --propagation private -- sh -euc '
   mount -t sysfs sysfs /sys
   mount --move "$keep" /sys/fs/cgroup
   rmdir "$keep"
-  for dir in /run/netns /var/lib/cni /run/cni /var/lib/calico /run/calico /var/log/calico /run/flannel /run/pycni /etc/cni/net.d; do
+  for dir in /run/netns /var/lib/cni /run/cni /var/lib/calico /run/calico /var/log/calico /run/flannel /run/pycni /etc/cni/net.d \
+             /run/containerd; do
     mkdir -p "$dir" && mount -t tmpfs -o mode=755 tmpfs "$dir"
   done
   ip link set lo up

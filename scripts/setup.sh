@@ -17,7 +17,7 @@ fi
 # busybox-static is the image of the podman tests.
 PACKAGES=(iproute2 nftables iptables containernetworking-plugins iperf3 conntrack
           etcd-server etcd-client podman runc iputils-ping jq procps kmod
-          golang-go golang-github-appc-cni-dev busybox-static bird)
+          golang-go golang-github-appc-cni-dev busybox-static bird containerd)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from pycni import logs
 from pycni.spec import args as cni_args
-from pycni.spec import jsonfmt, names
+from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
 from pycni.spec.config import PluginConf
 from pycni.spec.errors import CNIError, Code
@@ -83,7 +83,7 @@ class CmdArgs:
 
     @property
     def prev_result(self) -> Result | None:
-        if self.conf.prev_result is None and "prevResult" in self.conf.raw:
+        if self.conf.prev_result is None and self.conf.has_prev_result:
             self.conf.load_prev_result()
         return self.conf.prev_result
 
@@ -211,7 +211,7 @@ def parse_call(
         mode=mode,
     )
     cni_args.parse(call.args)  # a malformed CNI_ARGS is refused for every plugin
-    if command in ("ADD", "CHECK", "DEL") and "prevResult" in conf.raw:
+    if command in ("ADD", "CHECK", "DEL") and conf.has_prev_result:
         conf.load_prev_result()
     return call
 
@@ -221,7 +221,7 @@ def _version_outcome(module: ModuleType, stdin: bytes) -> Outcome:
     if stdin.strip():
         try:
             data = jsonfmt.loads_object(stdin, "VERSION input")
-            given = data.get("cniVersion")
+            given = gokeys.get(data, "cniVersion")
             if isinstance(given, str) and given:
                 ver = given
         except CNIError:
@@ -233,7 +233,7 @@ def _version_outcome(module: ModuleType, stdin: bytes) -> Outcome:
 def _declared_version(stdin: bytes) -> str:
     """The version an error is reported in: the configuration's when it names one."""
     try:
-        declared = jsonfmt.loads_object(stdin, "network configuration").get("cniVersion")
+        declared = gokeys.get(jsonfmt.loads_object(stdin, "network configuration"), "cniVersion")
     except CNIError:
         return versions.CURRENT
     return declared if isinstance(declared, str) and declared else versions.CURRENT

@@ -108,6 +108,7 @@ def test_version_and_plugins(plugin_dir: Path, tmp_path: Path) -> None:
     assert "shims" not in launcher.splitlines()[0]
 
 
+@pytest.mark.difference("cli-gc")
 def test_gc_keeps_attachments_whose_namespace_lives(netconf: Path, plugin_dir: Path, tmp_path: Path, make_netns) -> None:
     alive, dead = make_netns(), make_netns()
     env = cli_env(netconf, plugin_dir, tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,9 @@ from pycni.spec.config import load_network
 
 from ..conftest import NetNS, delete_link, unique, unique_subnet
 from ..runtime.test_api import bin_dir, calls, log, spec_example  # noqa: F401 - fixtures
+from .conftest import drive
 
 pytestmark = pytest.mark.reference
-
-GOPATH_SYSTEM = "/usr/share/gocode"
-
-
-@pytest.fixture(scope="session")
-def libcni_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("go") or not os.path.isdir(f"{GOPATH_SYSTEM}/src/github.com/containernetworking/cni/libcni"):
-        pytest.fail("golang-go and golang-github-appc-cni-dev are needed: run `make test`, which installs them")
-    work = tmp_path_factory.mktemp("go")
-    src = work / "src" / "libcnidriver"
-    src.mkdir(parents=True)
-    shutil.copy(Path(__file__).with_name("libcni_driver.go"), src / "main.go")
-    out = work / "libcni_driver"
-    env = dict(os.environ, GO111MODULE="off", GOPATH=f"{work}:{GOPATH_SYSTEM}", GOCACHE=str(work / "cache"), GOFLAGS="")
-    subprocess.run(["go", "build", "-o", str(out), "libcnidriver"], cwd=work, env=env, check=True, capture_output=True)
-    return out
-
-
-def drive(driver: Path, command: str, netdir: Path, net: str, netns: str, cid: str, env: dict[str, str]) -> str:
-    proc = subprocess.run(
-        [str(driver), command, str(netdir), net, netns, cid, "eth0"], capture_output=True, text=True, env=env, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -195,9 +195,15 @@ class Attachment:
         return link
 
     def veth(self, first: Link, second: Link) -> tuple[Link, Link]:
-        """A veth pair, created from `first`'s namespace with `second` placed in its own."""
+        """A veth pair, created from `first`'s namespace with `second` placed in its own.
+
+        Both ends get a transmit queue length of 0 (`ip link` shows no qlen), as the reference's
+        makeVethPair and Calico's DoNetworking make them: Go netlink's LinkAttrs literal has
+        TxQLen 0, which it sends for both ends (the kernel's default would be 1000)."""
         first.kind = second.kind = "veth"
         first.peer, second.peer = second, first
+        for end in (first, second):
+            end.create.setdefault("txqlen", 0)
         self.links += [first, second]
         return first, second
 

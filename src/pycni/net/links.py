@@ -240,30 +240,18 @@ def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 2.5) -> Msg:
 # -- macvlan's broadcast queue length: pyroute2 0.9.7 has no IFLA_MACVLAN_BC_QUEUE_LEN ----
 
 RTM_NEWLINK = 16
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 18, 1, 2
 IFLA_MACVLAN_BC_QUEUE_LEN = 7
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
 def set_macvlan_bc_queue_len(ns: str | None, index: int, length: int, what: str) -> None:
     """Ask for a broadcast queue of `length` on macvlan #`index` in `ns` (the port uses the
     largest any of its macvlans asks for). One RTM_NEWLINK, encoded here because the
     attribute is newer than pyroute2's macvlan description."""
-    data = _attr(IFLA_MACVLAN_BC_QUEUE_LEN, struct.pack("=I", length))
-    info = _attr(IFLA_INFO_KIND, b"macvlan") + _attr(IFLA_INFO_DATA, data)
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + _attr(IFLA_LINKINFO, info)
-    message = struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body
-    with netns.socket_in(ns, socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.send(message)
-        reply = sock.recv(65536)
-    kind = struct.unpack_from("=H", reply, 4)[0]
-    code = -struct.unpack_from("=i", reply, 16)[0] if kind == NLMSG_ERROR else 0
-    if code:
-        raise CNIError(Code.KERNEL, f"{what}: {os.strerror(code)}")
+    data = netlink.attr(IFLA_MACVLAN_BC_QUEUE_LEN, struct.pack("=I", length))
+    info = netlink.attr(IFLA_INFO_KIND, b"macvlan") + netlink.attr(IFLA_INFO_DATA, data)
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + netlink.attr(IFLA_LINKINFO, info)
+    try:
+        netlink.request(ns, RTM_NEWLINK, 0, body)
+    except OSError as exc:
+        raise CNIError(Code.KERNEL, f"{what}: {exc.strerror}") from None

@@ -144,8 +144,27 @@ def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"
     return [msg for chunk in chunks for msg in marshal.parse(chunk) if msg["header"]["type"] == msg_type - 2]
 
 
-def _attr(kind: int, value: bytes) -> bytes:
+def attr(kind: int, value: bytes) -> bytes:
+    """One netlink attribute (type-length-value, padded to 4 bytes)."""
     return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+_attr = attr
+NLM_F_ACK = 0x4
+
+
+def request(ns_path: str | None, msg_type: int, flags: int, body: bytes) -> None:
+    """Send one request we encode ourselves (for attributes pyroute2 does not know) in the
+    namespace at `ns_path` and wait for its acknowledgement; OSError with the kernel's errno."""
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    with netns.socket_in(ns_path, socket.AF_NETLINK, kind, NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+        reply = sock.recv(65536)
+    kind = struct.unpack_from("=H", reply, 4)[0]
+    code = -struct.unpack_from("=i", reply, 16)[0] if kind == NLMSG_ERROR else 0
+    if code:
+        raise OSError(code, os.strerror(code))
 
 
 def link_addresses(ipr: IPRoute, index: int, family: int = socket.AF_UNSPEC) -> list[Any]:

@@ -13,6 +13,9 @@ The match-all is a u32 filter: this kernel has no `matchall` classifier.
 
 from __future__ import annotations
 
+import math
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,52 +30,87 @@ ETH_P_ALL = 0x0003
 CLASSID = 0x10001  # 1:1
 TC_H_ROOT = 0xFFFFFFFF
 TC_H_INGRESS = 0xFFFFFFF1
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_TBF_PARMS, TCA_TBF_RATE64 = 1, 4
+RTM_NEWQDISC = 36
+NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
+U32 = 0xFFFFFFFF
 
 
 def _tick_in_usec() -> float:
-    """Scheduler ticks per microsecond, from /proc/net/psched (as tc and netlink libraries read it)."""
+    """Scheduler ticks per microsecond, from /proc/net/psched, as Go's netlink reads it."""
     try:
         with open("/proc/net/psched") as fh:
             t2us, us2t, clock_res, _ = (int(v, 16) for v in fh.read().split())
     except (OSError, ValueError):
         return 1.0
+    if clock_res == 1_000_000_000:  # netlink's compatibility case
+        t2us = us2t
     return float(t2us) / us2t * (float(clock_res) / TIME_UNITS_PER_SEC)
+
+
+def go_uint32(value: float) -> int:
+    """Go's uint32(float64) on amd64: the float becomes an int64 (CVTTSD2SQ, which gives
+    1<<63 for NaN and anything out of range) whose low 32 bits are kept."""
+    if math.isnan(value) or not -(2**63) <= value < 2**63:
+        return 0  # (1 << 63) & 0xFFFFFFFF
+    return int(value) & U32
+
+
+def _div(a: float, b: float) -> float:
+    """a / b with IEEE 754's answers for b == 0, as Go computes it."""
+    if b:
+        return a / b
+    return math.nan if a == 0 else math.inf
 
 
 @dataclass(frozen=True)
 class TBF:
     """A token bucket in the kernel's units: rate in bytes/s, buffer in ticks, limit in bytes."""
 
-    rate: int
-    burst: int  # bytes
+    rate: int  # 64 bits: above 32 bits it also goes as TCA_TBF_RATE64
     buffer: int
     limit: int
 
     @classmethod
     def from_bits(cls, rate_bits: int, burst_bits: int) -> TBF:
+        """The reference's createTBF, with Go's conversions: the burst in bytes is cut to 32
+        bits, the buffer and the limit are uint32 conversions of float64s, the limit's sum
+        wraps. Every value the reference accepts gives the same bucket, and the kernel takes
+        or refuses it as it does the reference's."""
         if rate_bits <= 0 or burst_bits <= 0:
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f"invalid token bucket: rate {rate_bits} bit/s, burst {burst_bits} bits")
         rate = rate_bits // 8
-        burst = burst_bits // 8
-        if rate == 0:
-            raise CNIError(
-                Code.INVALID_NETWORK_CONFIG, f"rate {rate_bits} bit/s is below 8 bit/s, the smallest a token bucket can do"
-            )
-        buffer = int(float(int(burst * TIME_UNITS_PER_SEC / rate) & 0xFFFFFFFF) * _tick_in_usec())
-        latency = TIME_UNITS_PER_SEC * (LATENCY_MS / 1000.0)
-        limit = int(rate * latency / TIME_UNITS_PER_SEC) + burst
-        return cls(rate=rate, burst=burst, buffer=buffer & 0xFFFFFFFF, limit=limit & 0xFFFFFFFF)
+        burst = (burst_bits // 8) & U32
+        time = go_uint32(_div(float(burst) * float(TIME_UNITS_PER_SEC), float(rate)))
+        buffer = go_uint32(float(time) * _tick_in_usec())
+        latency = float(TIME_UNITS_PER_SEC) * (LATENCY_MS / 1000.0)
+        limit = (go_uint32(float(rate) * latency / float(TIME_UNITS_PER_SEC)) + burst) & U32
+        return cls(rate=rate, buffer=buffer, limit=limit)
 
 
 def _kernel_error(what: str, exc: Exception) -> CNIError:
     return CNIError(Code.KERNEL, f"{what}: {exc}")
 
 
+def _tbf_options(tbf: TBF) -> bytes:
+    """TCA_OPTIONS of a tbf as Go's netlink sends it: TCA_TBF_PARMS (struct tc_tbf_qopt with
+    only rate, limit and buffer set) and TCA_TBF_RATE64 when the rate needs more than 32 bits.
+    No rate table (pyroute2's tbf sends one and has no 64-bit rate): the kernel computes its own."""
+    qopt = struct.pack("=BBHhHI", 0, 0, 0, 0, 0, tbf.rate & U32) + bytes(12) + struct.pack("=III", tbf.limit, tbf.buffer, 0)
+    out = netlink.attr(TCA_TBF_PARMS, qopt)
+    if tbf.rate > U32:
+        out += netlink.attr(TCA_TBF_RATE64, struct.pack("=Q", tbf.rate))
+    return out
+
+
 def add_tbf(ipr: Any, index: int, tbf: TBF) -> None:
-    """A root token bucket filter on link `index` (handle 1:)."""
+    """A root token bucket filter on link `index` (handle 1:), in `ipr`'s namespace."""
+    header = struct.pack("=BBHiIII", socket.AF_UNSPEC, 0, 0, index, ROOT_HANDLE, TC_H_ROOT, 0)
+    body = header + netlink.attr(TCA_KIND, b"tbf\0") + netlink.attr(TCA_OPTIONS, _tbf_options(tbf))
     try:
-        ipr.tc("add", "tbf", index, handle=ROOT_HANDLE, rate=tbf.rate, burst=tbf.burst, limit=tbf.limit)
-    except Exception as exc:  # noqa: BLE001 - a NetlinkError, reported with the operation
+        netlink.request(getattr(ipr, "pycni_ns", None), RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body)
+    except OSError as exc:
         raise _kernel_error(f"cannot add a tbf qdisc to link {index}", exc) from None
 
 
@@ -135,7 +173,7 @@ def has_ingress(ipr: Any, index: int) -> bool:
 def matches(q: Qdisc | None, tbf: TBF) -> bool:
     return (
         q is not None
-        and q.options.get("rate") == tbf.rate
+        and q.options.get("rate") == tbf.rate & U32
         and q.options.get("buffer") == tbf.buffer
         and q.options.get("limit") == tbf.limit
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from pycni import faults
 from pycni.skel import CmdArgs
+from pycni.spec import gokeys
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import DNS, Result
 
@@ -27,22 +28,23 @@ def require_netns(call: CmdArgs) -> None:
 
 def valid_attachments(call: CmdArgs) -> set[tuple[str, str]]:
     """GC's still-valid (containerID, ifname) pairs (spec 1.1.0, section 2)."""
-    raw = call.conf.raw
-    key = VALID_ATTACHMENTS_KEY if VALID_ATTACHMENTS_KEY in raw else LEGACY_ATTACHMENTS_KEY
-    items = raw.get(key) or []
+    fields = call.conf.fields
+    key = VALID_ATTACHMENTS_KEY if VALID_ATTACHMENTS_KEY in fields else LEGACY_ATTACHMENTS_KEY
+    items = fields.raw(key) or []
     if not isinstance(items, list):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{key!r} must be a list of {{containerID, ifname}} objects")
     out: set[tuple[str, str]] = set()
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+        container = gokeys.get(item, "containerID") if isinstance(item, dict) else None
+        if not isinstance(container, str):
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f"invalid entry in {key!r}: {item!r}")
-        out.add((item["containerID"], str(item.get("ifname", ""))))
+        out.add((container, str(gokeys.get(item, "ifname", ""))))
     return out
 
 
 def conf_dns(call: CmdArgs) -> DNS | None:
     """The configuration's own `dns`, when any field of it is set (it then overrides IPAM's)."""
-    raw = call.conf.raw.get("dns")
+    raw = call.conf.fields.raw("dns")
     if not isinstance(raw, dict):
         return None
     try:

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.runtime import cache, invoke
-from pycni.spec import jsonfmt, names
+from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
 from pycni.spec.args import format_pairs
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
+
+_CAPABILITIES = gokeys.fold("capabilities")
 
 log = logging.getLogger("pycni.runtime")
 
@@ -44,9 +46,9 @@ class PluginFailed(CNIError):
     """A plugin of a chain failed; keeps the plugin's own code."""
 
     def __init__(self, plugin: dict[str, Any], op: str, cause: CNIError) -> None:
-        desc = f'type="{plugin.get("type")}"'
-        if plugin.get("name"):
-            desc += f' name="{plugin["name"]}"'
+        desc = f'type="{gokeys.get(plugin, "type")}"'
+        if gokeys.get(plugin, "name"):
+            desc += f' name="{gokeys.get(plugin, "name")}"'
         super().__init__(cause.code, f"plugin {desc} failed ({op}): {cause.msg}", cause.details)
         self.cause = cause
 
@@ -77,7 +79,7 @@ class CNIConfig:
     ) -> bytes:
         """The request configuration: the plugin object with name, cniVersion,
         prevResult and runtimeConfig inserted and capabilities removed."""
-        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf = {k: v for k, v in plugin.items() if gokeys.fold(k) != _CAPABILITIES}
         conf["name"] = net.name
         conf["cniVersion"] = net.cni_version
         if prev_result is not None:
@@ -85,7 +87,7 @@ class CNIConfig:
         if rt is not None:
             runtime_config = {
                 cap: rt.capability_args[cap]
-                for cap, enabled in (plugin.get("capabilities") or {}).items()
+                for cap, enabled in (gokeys.get(plugin, "capabilities") or {}).items()
                 if enabled and cap in rt.capability_args
             }
             if runtime_config:
@@ -128,7 +130,7 @@ class CNIConfig:
             )
         result: Result | None = None
         for plugin in net.plugins:
-            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)
             stdin = self.build_config(net, plugin, result, rt)
             try:
                 result = invoke.exec_with_result(plugin_path, stdin, self._env("ADD", rt), net.cni_version, self.timeout)
@@ -190,7 +192,7 @@ class CNIConfig:
         """CHECK or DEL every plugin in order with the same prevResult; stop at the first failure."""
         op = {"CHECK": "check", "DEL": "delete"}[command]
         for plugin in plugins:
-            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)
             stdin = self.build_config(net, plugin, prev, rt)
             try:
                 invoke.exec_without_result(plugin_path, stdin, self._env(command, rt), self.timeout)
@@ -246,11 +248,11 @@ class CNIConfig:
         extra = {VALID_ATTACHMENTS_KEY: attachments, LEGACY_ATTACHMENTS_KEY: attachments}
         for plugin in net.plugins:
             try:
-                plugin_path = invoke.find_in_path(plugin["type"], self.path)
+                plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)
                 stdin = self.build_config(net, plugin, extra=extra)
                 invoke.exec_without_result(plugin_path, stdin, self._env("GC", None), self.timeout)
             except CNIError as err:
-                errors.append(CNIError(err.code, f"failed to GC plugin {plugin['type']}: {err.msg}", err.details))
+                errors.append(CNIError(err.code, f"failed to GC plugin {gokeys.get(plugin, 'type')}: {err.msg}", err.details))
         return errors
 
     # -- STATUS ----------------------------------------------------------------
@@ -259,7 +261,7 @@ class CNIConfig:
         if not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "1.1.0"):
             return
         for plugin in net.plugins:
-            plugin_path = invoke.find_in_path(plugin["type"], self.path)
+            plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)
             stdin = self.build_config(net, plugin)
             invoke.exec_without_result(plugin_path, stdin, self._env("STATUS", None), self.timeout)
 
@@ -274,10 +276,10 @@ class CNIConfig:
         caps: set[str] = set()
         wanted = net.cni_version or versions.IMPLICIT_VERSION
         for idx, plugin in enumerate(net.plugins):
-            types = [plugin["type"]]
-            ipam = plugin.get("ipam")
-            if isinstance(ipam, dict) and isinstance(ipam.get("type"), str):
-                types.append(ipam["type"])
+            types = [gokeys.get(plugin, "type")]
+            ipam = gokeys.get(plugin, "ipam")
+            if isinstance(ipam, dict) and isinstance(gokeys.get(ipam, "type"), str):
+                types.append(gokeys.get(ipam, "type"))
             for plugin_type in types:
                 try:
                     supported = self.version_info(plugin_type)
@@ -289,7 +291,7 @@ class CNIConfig:
                         f'plugins[{idx}] {plugin_type} does not support config version "{wanted}" '
                         f"(it supports {', '.join(supported)})"
                     )
-            caps.update(c for c, on in (plugin.get("capabilities") or {}).items() if on)
+            caps.update(c for c, on in (gokeys.get(plugin, "capabilities") or {}).items() if on)
         if problems:
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f'network "{net.name}" is not valid: ' + "; ".join(problems))
         return sorted(caps)

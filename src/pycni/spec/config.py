@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni.spec import ipaddr, jsonfmt, names
+from pycni.spec import gokeys, ipaddr, jsonfmt, names
 from pycni.spec import version as versions
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
@@ -29,18 +29,20 @@ def _bad(key: str, value: Any, expected: str, where: str = "") -> CNIError:
 
 
 class Fields:
-    """Typed, validated access to a JSON object's keys (a config or a section of one)."""
+    """Typed, validated access to a JSON object's keys (a config or a section of one).
+
+    Keys are the fields of the Go struct the reference decodes the object into: they
+    match as encoding/json matches them, case-insensitively (`pycni.spec.gokeys`)."""
 
     def __init__(self, data: dict[str, Any], where: str = "") -> None:
         self.data = data
         self.where = where
 
     def __contains__(self, key: str) -> bool:
-        return key in self.data and self.data[key] is not None
+        return gokeys.has(self.data, key)
 
     def raw(self, key: str, default: Any = None) -> Any:
-        value = self.data.get(key, default)
-        return default if value is None else value
+        return gokeys.get(self.data, key, default)
 
     def _path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
@@ -49,7 +51,7 @@ class Fields:
         if key not in self:
             place = f" in {self.where}" if self.where else ""
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f'missing required key "{key}"{place}')
-        return self.data[key]
+        return self.raw(key)
 
     def get_str(self, key: str, default: str = "", required: bool = False) -> str:
         value = self.required(key) if required else self.raw(key, default)
@@ -145,6 +147,10 @@ class PluginConf:
         return Fields(self.raw).get_obj("ipam")
 
     @property
+    def has_prev_result(self) -> bool:
+        return gokeys.has(self.raw, "prevResult")
+
+    @property
     def args_cni(self) -> Fields:
         """The ``args.cni`` object (CONVENTIONS.md)."""
         return Fields(self.raw).get_obj("args").get_obj("cni")
@@ -152,13 +158,13 @@ class PluginConf:
     @classmethod
     def parse(cls, stdin: bytes, need_type: bool = True) -> PluginConf:
         data = jsonfmt.loads_object(stdin, "network configuration")
-        ver = data.get("cniVersion", "")
+        ver = gokeys.get(data, "cniVersion", "")
         if not isinstance(ver, str):
             raise CNIError(Code.DECODING_FAILURE, f"decoding version from network config: cniVersion {ver!r} is not a string")
         ver = ver or versions.IMPLICIT_VERSION
         versions.parse(ver)
-        name = names.validate_network_name(data.get("name"))
-        plugin_type = data.get("type", "")
+        name = names.validate_network_name(gokeys.get(data, "name"))
+        plugin_type = gokeys.get(data, "type", "")
         if need_type:
             names.validate_plugin_type(plugin_type)
         elif not isinstance(plugin_type, str):
@@ -167,7 +173,7 @@ class PluginConf:
 
     def load_prev_result(self) -> Result | None:
         """Parse ``prevResult`` (in the configuration's version) once, on demand."""
-        raw = self.raw.get("prevResult")
+        raw = gokeys.get(self.raw, "prevResult")
         if raw is None:
             return None
         if not isinstance(raw, dict):
@@ -270,22 +276,22 @@ class NetworkConfigList:
         return cls.from_bytes(jsonfmt.dumps(listed).encode(), source=source)
 
     def plugin_types(self) -> list[str]:
-        return [str(p["type"]) for p in self.plugins]
+        return [str(gokeys.get(p, "type")) for p in self.plugins]
 
 
 def validate_plugin_object(plugin: Any, where: str) -> dict[str, Any]:
     if not isinstance(plugin, dict):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{where}: a plugin configuration must be a JSON object")
-    names.validate_plugin_type(plugin.get("type"), f'type" in {where} "')
-    caps = plugin.get("capabilities")
+    names.validate_plugin_type(gokeys.get(plugin, "type"), f'type" in {where} "')
+    caps = gokeys.get(plugin, "capabilities")
     if caps is not None and (not isinstance(caps, dict) or not all(isinstance(v, bool) for v in caps.values())):
         raise _bad("capabilities", caps, "an object of capability names to booleans", where)
-    ipam = plugin.get("ipam")
+    ipam = gokeys.get(plugin, "ipam")
     if ipam is not None:
         if not isinstance(ipam, dict):
             raise _bad("ipam", ipam, "an object", where)
-        if "type" in ipam:
-            names.validate_plugin_type(ipam.get("type"), "ipam.type")
+        if gokeys.has(ipam, "type"):
+            names.validate_plugin_type(gokeys.get(ipam, "type"), "ipam.type")
     return plugin
 
 

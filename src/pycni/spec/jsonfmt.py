@@ -33,12 +33,23 @@ def dumps_indent(obj: Any) -> str:
     return _go_escape(json.dumps(obj, ensure_ascii=False, indent=4))
 
 
+def _pairs_in_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose repeated key sits where it last appeared (json.loads keeps the first
+    place and the last value), so a later case variant of a key still comes after it, as
+    Go reads the document (`pycni.spec.gokeys`)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
 def loads_object(data: bytes | str, what: str) -> dict[str, Any]:
     """Parse a JSON object; code 6 naming `what` when it is not one."""
     from pycni.spec.errors import CNIError, Code
 
     try:
-        value = json.loads(data)
+        value = json.loads(data, object_pairs_hook=_pairs_in_order)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CNIError(Code.DECODING_FAILURE, f"error parsing {what}: {exc}") from None
     except RecursionError:

@@ -21,7 +21,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni.spec import ipaddr
+from pycni.spec import gokeys, ipaddr
 from pycni.spec import version as versions
 from pycni.spec.errors import CNIError, Code
 
@@ -31,6 +31,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LEGACY_VERSIONS = ("0.1.0", "0.2.0")
 V04_VERSIONS = ("0.3.0", "0.3.1", "0.4.0")
 V1_VERSIONS = ("1.0.0", "1.1.0")
+
+
+# The fields of libcni's result structs (types/100, types/040, types/020): the keys a
+# result is read with, in any case (`pycni.spec.gokeys`).
+RESULT_KEYS = ("cniVersion", "interfaces", "ips", "routes", "dns", "ip4", "ip6")
+INTERFACE_KEYS = ("name", "mac", "mtu", "sandbox", "socketPath", "pciID")
+IP_KEYS = ("version", "interface", "address", "gateway")
+ROUTE_KEYS = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+DNS_KEYS = ("nameservers", "domain", "search", "options")
+LEGACY_IP_KEYS = ("ip", "gateway", "routes")
 
 
 def _decode_error(msg: str) -> CNIError:
@@ -96,6 +106,7 @@ class Interface:
     def from_dict(cls, data: Any) -> Interface:
         if not isinstance(data, dict):
             raise _decode_error("an interface must be an object")
+        data = gokeys.normalise(data, INTERFACE_KEYS)
         name = data.get("name")
         if not isinstance(name, str):
             raise _decode_error("an interface needs a name")
@@ -137,6 +148,7 @@ class IPConfig:
     def from_dict(cls, data: Any) -> IPConfig:
         if not isinstance(data, dict):
             raise _decode_error("an ips entry must be an object")
+        data = gokeys.normalise(data, IP_KEYS)
         if "address" not in data:
             raise _decode_error("an ips entry needs an address")
         gw = data.get("gateway")
@@ -172,6 +184,7 @@ class Route:
     def from_dict(cls, data: Any) -> Route:
         if not isinstance(data, dict):
             raise _decode_error("a route must be an object")
+        data = gokeys.normalise(data, ROUTE_KEYS)
         if "dst" not in data:
             raise _decode_error("a route needs a dst")
         gw = data.get("gw")
@@ -217,6 +230,7 @@ class DNS:
             return cls()
         if not isinstance(data, dict):
             raise _decode_error("dns must be an object")
+        data = gokeys.normalise(data, DNS_KEYS)
         return cls(
             nameservers=_str_list(data, "nameservers", "dns"),
             domain=_opt_str(data, "domain", "dns"),
@@ -256,6 +270,7 @@ class Result:
         """Parse a result of any version; its own cniVersion decides the shape."""
         if not isinstance(data, dict):
             raise _decode_error("a result must be a JSON object")
+        data = gokeys.normalise(data, RESULT_KEYS)
         ver = data.get("cniVersion") or default_version or versions.CURRENT
         if not isinstance(ver, str):
             raise _decode_error(f"cniVersion {ver!r} is not a string")
@@ -294,6 +309,8 @@ class Result:
             block = data.get(key)
             if block is None:
                 continue
+            if isinstance(block, dict):
+                block = gokeys.normalise(block, LEGACY_IP_KEYS)
             if not isinstance(block, dict) or "ip" not in block:
                 raise _decode_error(f"{key} must be an object with an ip")
             gw = block.get("gateway")

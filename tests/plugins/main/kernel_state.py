@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
 
 from ...conftest import NetNS
@@ -38,10 +39,10 @@ def addresses(link: dict[str, Any]) -> list[str]:
     return sorted(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") != "link")
 
 
-def routes(ns: NetNS | None, dev: str | None = None) -> list[dict[str, Any]]:
+def routes(ns: NetNS | None, dev: str | None = None, table: str = "main") -> list[dict[str, Any]]:
     out = []
     for family in ("-4", "-6"):
-        argv = [family, "route", "show", *(["dev", dev] if dev else [])]
+        argv = [family, "route", "show", "table", table, *(["dev", dev] if dev else [])]
         for route in ip_json(*argv, ns=ns):
             if route.get("dst", "").startswith("fe80::") or route.get("dst", "").startswith("ff00::"):
                 continue
@@ -57,6 +58,7 @@ def container(ns: NetNS, ifname: str = "eth0") -> dict[str, Any]:
     return {
         "kind": link.get("linkinfo", {}).get("info_kind"),
         "mtu": link.get("mtu"),
+        "txqlen": link.get("txqlen"),  # `ip -j` leaves out a queue length of 0
         "up": "UP" in link.get("flags", []),
         "operstate": link.get("operstate"),
         "addresses": addresses(link),
@@ -71,6 +73,7 @@ def bridge(name: str) -> dict[str, Any]:
         assign = fh.read().strip()
     return {
         "mtu": link.get("mtu"),
+        "txqlen": link.get("txqlen"),  # the kernel's default: the reference asks for it (TxQLen -1)
         "up": "UP" in link.get("flags", []),
         "promisc": link.get("promiscuity", 0) > 0,
         "vlan_filtering": link.get("linkinfo", {}).get("info_data", {}).get("vlan_filtering"),
@@ -91,6 +94,7 @@ def ports(bridge_name: str) -> list[dict[str, Any]]:
         out.append(
             {
                 "mtu": link.get("mtu"),
+                "txqlen": link.get("txqlen"),
                 "up": "UP" in link.get("flags", []),
                 "addresses": addresses(link),
                 "flags": {k: port.get(k) for k in PORT_FLAGS},
@@ -105,11 +109,22 @@ def host_veth(name: str) -> dict[str, Any]:
     (link,) = ip_json("-d", "addr", "show", name) or [{}]
     return {
         "mtu": link.get("mtu"),
+        "txqlen": link.get("txqlen"),
         "up": "UP" in link.get("flags", []),
         "addresses": addresses(link),
         "routes": routes(None, name),
         "sysctls": {k: _read_sysctl(k.format(**{"if": name}), None) for k in HOST_SYSCTLS},
     }
+
+
+def settled(ns: NetNS | None, dev: str, timeout: float = 5.0) -> None:
+    """Wait until `dev` has no tentative IPv6 address: the kernel adds an address's local
+    route only after duplicate address detection, which both sides of a comparison must pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [link for link in ip_json("-6", "addr", "show", "dev", dev, "tentative", ns=ns) if link.get("addr_info")]:
+            return
+        time.sleep(0.05)
 
 
 def renamed(state: Any, pairs: list[tuple[str, str]]) -> Any:

@@ -165,6 +165,7 @@ def test_ipmasq_masquerades_traffic_leaving_the_subnet(
     assert side.run("DEL", SEED).returncode == 0
 
 
+@pytest.mark.difference("ipmasq-nftables")
 def test_ipmasq_rules_are_per_attachment_and_go_on_del(sides: Callable[..., tuple[Side, Side]]) -> None:
     ours, _ = sides()
     assert ours.run("ADD", SEED).returncode == 0
@@ -177,6 +178,7 @@ def test_ipmasq_rules_are_per_attachment_and_go_on_del(sides: Callable[..., tupl
     assert not [r for r in rules if r.get("comment", "").startswith(mine)]
 
 
+@pytest.mark.difference("gc-status")
 def test_gc_removes_stale_ipmasq_rules_and_addresses(sides: Callable[..., tuple[Side, Side]]) -> None:
     ours, _ = sides()
     conf = variant(SEED, cniVersion="1.1.0", name=unique("pctgc"))
@@ -195,6 +197,7 @@ def test_gc_removes_stale_ipmasq_rules_and_addresses(sides: Callable[..., tuple[
     assert ours.run("DEL", conf).returncode == 0
 
 
+@pytest.mark.difference("check-whole-attachment")
 def test_check_passes_and_reports_every_difference(sides: Callable[..., tuple[Side, Side]]) -> None:
     ours, _ = sides((4, 6))
     conf = variant(DUAL, ipMasq=True)
@@ -217,6 +220,7 @@ def test_check_passes_and_reports_every_difference(sides: Callable[..., tuple[Si
     assert "Failed to find address added by container" in ours.run("CHECK", conf, prevResult=tuned).json["msg"]
 
 
+@pytest.mark.difference("del-idempotent")
 def test_del_is_idempotent(sides: Callable[..., tuple[Side, Side]], tmp_path: Path) -> None:
     ours, _ = sides()
     assert ours.run("ADD", SEED).returncode == 0
@@ -301,6 +305,7 @@ def test_vlan_traffic(sides: Callable[..., tuple[Side, Side]]) -> None:
         ({"ipam": {"type": "nothere"}}, "", 7, "nothere"),
     ],
 )
+@pytest.mark.difference("error-codes")
 def test_bad_input_is_a_clear_error_and_leaves_nothing(
     sides: Callable[..., tuple[Side, Side]], changes: dict[str, Any], args: str, code: int, fragment: str
 ) -> None:
@@ -347,6 +352,7 @@ def test_force_address_replaces_a_conflicting_gateway(sides: Callable[..., tuple
     assert ours.run("DEL", SEED).returncode == 0
 
 
+@pytest.mark.difference("gc-status")
 def test_status_forwards_to_ipam(sides: Callable[..., tuple[Side, Side]]) -> None:
     ours, _ = sides()
     conf = variant(SEED, cniVersion="1.1.0", ipam={"type": "host-local", "subnet": "{subnet0}"})
@@ -461,3 +467,27 @@ def test_add_to_a_missing_namespace_allocates_nothing(sides: Callable[..., tuple
     out = run_plugin(ours.executable, "ADD", ours.conf(SEED), netns="/run/netns/pct-missing", container_id="x")
     assert out.returncode == 1 and out.json["code"] == 4 and "does not exist" in out.json["msg"]
     assert not (ours.data_dir / "mynet").exists()
+
+
+@pytest.mark.reference
+@pytest.mark.difference("bridge-ipam-dns")
+def test_ipam_dns_is_returned_when_the_bridge_has_none(sides: Callable[..., tuple[Side, Side]]) -> None:
+    """Upstream v1.2.0 and later return the IPAM plugin's DNS; Debian's 1.1.1 drops it."""
+    dns = {"nameservers": ["10.53.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]}
+    template = {
+        "cniVersion": "1.0.0",
+        "name": "dnsnet",
+        "type": "bridge",
+        "ipam": {"type": "static", "addresses": [{"address": "{prefix0}7/24"}], "dns": dns},
+    }
+    ours, ref = sides()
+    results = [side.run("ADD", template) for side in (ours, ref)]
+    assert all(r.returncode == 0 for r in results), [r.stdout for r in results]
+    assert results[0].json["dns"] == dns
+    assert results[1].json.get("dns", {}) == {}
+    with_own = dict(template, dns={"nameservers": ["10.99.0.1"]})  # the bridge's own dns wins in both
+    for side in (ours, ref):
+        assert side.run("DEL", template).returncode == 0
+        out = side.run("ADD", with_own)
+        assert out.returncode == 0 and out.json["dns"] == {"nameservers": ["10.99.0.1"]}, out.stdout
+        assert side.run("DEL", with_own).returncode == 0

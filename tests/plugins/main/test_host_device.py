@@ -117,6 +117,7 @@ def container_state(side: Attach) -> dict[str, Any]:
 
 @pytest.mark.reference
 @pytest.mark.parametrize("case", list(PARITY))
+@pytest.mark.difference("host-device-restore")
 def test_same_result_and_container_state_as_reference_and_given_back_better(case: str, pair: Any) -> None:
     template, families = PARITY[case]
     ours, ref = pair(families)
@@ -139,6 +140,7 @@ def test_same_result_and_container_state_as_reference_and_given_back_better(case
     assert not list(STATE_DIR.glob(f"pcthd/{ours.container_id}-*"))
 
 
+@pytest.mark.difference("host-device-restore")
 def test_given_back_as_the_host_had_it_whatever_the_container_did(devices: Any, plugin_dir: Path, netns: NetNS) -> None:
     device, _far, prefix = devices()
     before = host_view(device)

@@ -96,6 +96,7 @@ def test_the_ipvlan_is_described_as_the_reference_makes_it(mode: str, value: int
     assert plan.ipam_type == "host-local" and len(plan.notify) == 2  # arp_notify, ndisc_notify
     request = creation_request(link)
     assert ("IFLA_INFO_DATA", {"attrs": [("IFLA_IPVLAN_MODE", value)]}) in request["IFLA_LINKINFO"]["attrs"]
+    assert request["txqlen"] == 0  # IFLA_TXQLEN, as the reference's netlink.LinkAttrs literal asks
 
 
 # -- where the kernel has ipvlan links ----------------------------------------------

@@ -196,6 +196,7 @@ def test_bcqueuelen(underlay_pair: Pair) -> None:
 
 
 @pytest.mark.reference
+@pytest.mark.difference("check-whole-attachment")
 def test_check_passes_reports_every_difference_and_interoperates(underlay_pair: Pair) -> None:
     ours, ref = underlay_pair("macvlan", (4, 6))
     conf = variant(DUAL, mode="bridge")
@@ -227,6 +228,7 @@ def test_check_passes_reports_every_difference_and_interoperates(underlay_pair: 
     assert ours.run("CHECK", conf, prevResult=tuned).returncode == 1
 
 
+@pytest.mark.difference("del-idempotent")
 def test_del_is_idempotent(underlay_pair: Pair) -> None:
     ours, _ = underlay_pair("macvlan")
     assert ours.run("ADD", V4).returncode == 0
@@ -238,6 +240,7 @@ def test_del_is_idempotent(underlay_pair: Pair) -> None:
     assert IFNAME not in ours.names() and ours.allocations() == []
 
 
+@pytest.mark.difference("del-idempotent")
 def test_del_leaves_another_kind_of_interface_alone(underlay_pair: Pair) -> None:
     ours, _ = underlay_pair("macvlan")
     ours.ns.run("ip", "link", "add", IFNAME, "type", "veth", "peer", "name", "other0")
@@ -245,6 +248,7 @@ def test_del_leaves_another_kind_of_interface_alone(underlay_pair: Pair) -> None
     assert IFNAME in ours.names()
 
 
+@pytest.mark.difference("gc-status")
 def test_gc_and_status_reach_ipam(underlay_pair: Pair) -> None:
     ours, _ = underlay_pair("macvlan")
     conf = variant(V4, cniVersion="1.1.0")

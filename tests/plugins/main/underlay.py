@@ -158,6 +158,7 @@ def link_state(ns: NetNS, ifname: str = IFNAME) -> dict[str, Any]:
         "data": {k: data[k] for k in INFO_DATA if k in data},
         "parent": host_index_names().get(parent) if parent and "link_netnsid" in link else link.get("link"),
         "mtu": link.get("mtu"),
+        "txqlen": link.get("txqlen"),  # `ip -j` leaves out a queue length of 0
         "up": "UP" in link.get("flags", []),
         "alias": link.get("ifalias", ""),
         "master": link.get("master"),

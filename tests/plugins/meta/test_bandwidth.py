@@ -73,6 +73,7 @@ def test_limited_container_and_unlimited_neighbour(main: str, make_network: Any,
         ({"egressRate": -1, "egressBurst": 10}, "egressRate"),
     ],
 )
+@pytest.mark.difference("error-codes")
 def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, int], needle: str) -> None:
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
     conf = {"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth", "prevResult": prev, **limits}
@@ -89,6 +90,7 @@ def test_bad_limits_are_code_7(plugin_dir: Any, netns: NetNS, limits: dict[str, 
     assert out.returncode == 1 and out.json["code"] == 7 and needle in out.json["msg"], out.stdout
 
 
+@pytest.mark.difference("bandwidth-ifb")
 def test_ifb_names_differ_per_interface() -> None:
     assert ifb_name("net", "c1", "eth0") != ifb_name("net", "c1", "eth1")
     assert all(len(ifb_name("n" * 200, "c" * 200, i)) <= 15 for i in ("eth0", "net1"))
@@ -110,6 +112,7 @@ def qdisc_kinds(dev: str) -> set[str]:
     return {q["kind"] for q in json.loads(out)}
 
 
+@pytest.mark.difference("bandwidth-ifb")
 def test_del_removes_qdiscs_and_ifb_and_is_idempotent(plugin_dir: Any, make_network: Any, make_netns: Any) -> None:
     """bandwidth's own DEL (before the main plugin deletes the veth): the host veth is clean again."""
     network = make_network([BANDWIDTH])
@@ -154,3 +157,54 @@ def test_prev_result_without_container_interface(plugin_dir: Any, netns: NetNS) 
     no_prev = {k: v for k, v in conf.items() if k != "prevResult"}
     out = run_plugin(plugin_dir / "bandwidth", "ADD", no_prev, netns=netns.path)
     assert out.returncode == 1 and out.json["code"] == 7 and "chained plugin" in out.json["msg"], out.stdout
+
+
+def _shaping(att: Any, network: Any) -> dict[str, Any]:
+    """The kernel state bandwidth made for `att`: the host veth's qdiscs, the ifb and its qdiscs."""
+    host_veth = att.result.interfaces[1].name
+    ifb = ifb_name(network.net.name, att.rt.container_id, "eth0")
+
+    def qdiscs(dev: str) -> list[dict[str, Any]]:
+        out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True, check=False).stdout
+        return [{k: q.get(k) for k in ("kind", "handle", "options")} for q in json.loads(out or "[]")]
+
+    link = json.loads(subprocess.run(["ip", "-j", "link", "show", ifb], capture_output=True, text=True).stdout or "[{}]")[0]
+    return {
+        "host": qdiscs(host_veth),
+        "ifb": {"mtu": link.get("mtu"), "txqlen": link.get("txqlen"), "up": "UP" in link.get("flags", [])} if link else None,
+        "ifb_qdiscs": qdiscs(ifb) if link else [],
+    }
+
+
+# (ingressRate, ingressBurst) in bits, with the egress limit the same. containerd 1.6 sends a
+# burst of math.MaxUint32 bits when the pod names none; the reference's integration tests use
+# 800/200 and 8000/16000; a rate of 2**40 bit/s needs the 64-bit rate attribute; a rate under
+# 8 bit/s is 0 bytes/s; the largest burst the reference accepts, and the first it refuses.
+GO_VALUES = [
+    (1_000_000, 4294967295),
+    (800, 200),
+    (8000, 16000),
+    (2**40, 2**34),
+    (7, 1000),
+    (1_000_000, 34359738359),
+    (1_000_000, 34359738360),
+]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("rate", "burst"), GO_VALUES)
+def test_limits_shape_as_the_reference_does(rate: int, burst: int, make_network: Any, make_netns: Any) -> None:
+    """The same limits give the same qdiscs (Go's conversions of rate and burst to tc's 32-bit
+    fields) and the same ifb, or the same refusal."""
+    limits = {"ingressRate": rate, "ingressBurst": burst, "egressRate": rate, "egressBurst": burst}
+    states = []
+    for impl in ("ours", "reference"):
+        network = make_network([BANDWIDTH], main="reference", impl=impl)
+        try:
+            att = network.attach(make_netns(), {"bandwidth": limits})
+        except Exception as exc:  # noqa: BLE001 - a refusal, compared below
+            states.append(("refused", type(exc).__name__))
+            continue
+        states.append(("shaped", _shaping(att, network)))
+        network.detach(att)
+    assert states[0] == states[1], states

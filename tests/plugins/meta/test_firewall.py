@@ -98,3 +98,14 @@ def test_del_with_an_unreadable_configuration_still_removes(host: NetNS, make_ne
     network.conf["plugins"][1]["ingressPolicy"] = "no-such-policy"
     network.detach(att)
     assert att.rt.container_id not in host.run("nft", "list", "ruleset").stdout
+
+
+@pytest.mark.difference("firewall-nftables")
+@pytest.mark.parametrize("backend", ["iptables", "firewalld"])
+def test_other_backends_are_refused(plugin_dir: Any, netns: NetNS, backend: str) -> None:
+    from ...conftest import run_plugin
+
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns.path}]}
+    conf = {"cniVersion": "1.0.0", "name": "fw", "type": "firewall", "backend": backend, "prevResult": prev}
+    out = run_plugin(plugin_dir / "firewall", "ADD", conf, netns=netns.path)
+    assert out.returncode == 1 and out.json["code"] == 7 and backend in out.json["msg"], out.stdout

@@ -23,6 +23,7 @@ def portmap(**extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("main", MAIN_IMPLS)
+@pytest.mark.difference("portmap-nftables")
 def test_reached_from_loopback_host_address_client_and_neighbour(
     main: str, make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any
 ) -> None:
@@ -97,6 +98,7 @@ def test_check_on_an_ipv4_only_container(make_network: Any, make_netns: Any) -> 
     network.check(att)
 
 
+@pytest.mark.difference("portmap-conflict")
 def test_conflict_names_both_and_changes_nothing(make_network: Any, make_netns: Any) -> None:
     network = make_network([portmap()])
     port = free_port()
@@ -192,6 +194,7 @@ def gc_conf(network: Any, *valid: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.difference("gc-status")
 def test_gc_removes_only_invalid_attachments(plugin_dir: Path, make_network: Any, make_netns: Any) -> None:
     network = make_network([portmap()])
     keep = network.attach(make_netns(), mapping(free_port()))
@@ -354,6 +357,7 @@ def test_bad_options_are_code_7_and_leave_nothing(plugin_dir: Path, netns: NetNS
     assert not Path(records.network_dir(conf["name"])).exists()
 
 
+@pytest.mark.difference("portmap-nftables")
 def test_iptables_backend(make_network: Any, make_netns: Any, tcp_server: Any, client_ns: Any) -> None:
     network = make_network([portmap(backend="iptables")])
     web, neighbour = make_netns(), make_netns()

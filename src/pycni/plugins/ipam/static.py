@@ -14,6 +14,7 @@ from typing import Any
 from pycni.skel import CmdArgs
 from pycni.spec import ipaddr
 from pycni.spec import version as versions
+from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import DNS, IPAddress, IPConfig, IPInterface, Result, Route
 
@@ -36,15 +37,16 @@ def _cidr(text: Any, where: str, code: int = Code.INVALID_NETWORK_CONFIG) -> IPI
 
 
 def _addresses(call: CmdArgs) -> list[Address]:
-    if "ipam" not in call.conf.raw or not isinstance(call.conf.raw["ipam"], dict):
+    if not isinstance(call.conf.fields.raw("ipam"), dict):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "IPAM config missing 'ipam' key")
     out: list[Address] = []
     for i, item in enumerate(call.conf.ipam.get_list("addresses")):
         where = f"ipam.addresses[{i}]"
         if not isinstance(item, dict):
             raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{where} must be an object with an address")
-        gateway = item.get("gateway")
-        out.append(Address(_cidr(item.get("address"), where), _gateway(gateway, where) if gateway else None))
+        entry = Fields(item, where)
+        gateway = entry.raw("gateway")
+        out.append(Address(_cidr(entry.raw("address"), where), _gateway(gateway, where) if gateway else None))
     if call.args:
         env = call.cni_args_dict(known=("IP", "GATEWAY"))
         for text in filter(None, env.get("IP", "").split(",")):

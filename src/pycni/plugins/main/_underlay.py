@@ -65,8 +65,11 @@ def commands(build: Callable[[CmdArgs], Plan]) -> tuple[Callable[[CmdArgs], Resu
 
 
 def sublink(call: CmdArgs, kind: str, master: str, in_container: bool, mtu: int, **settings: Any) -> Link:
-    """CNI_IFNAME in CNI_NETNS, made from `master` (in the host, or in the container)."""
-    return Link(call.ifname, ns=call.netns, kind=kind, parent=master, parent_in_ns=in_container, mtu=mtu, **settings)
+    """CNI_IFNAME in CNI_NETNS, made from `master` (in the host, or in the container), with a
+    transmit queue length of 0 as the reference makes it (Go netlink's LinkAttrs literal)."""
+    link = Link(call.ifname, ns=call.netns, kind=kind, parent=master, parent_in_ns=in_container, mtu=mtu, **settings)
+    link.create.setdefault("txqlen", 0)
+    return link
 
 
 def describe(plan: Plan, result: Result | None) -> Attachment:

@@ -28,12 +28,13 @@ from pycni import faults
 from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
+from pycni.calico.policy import cni as policy_cni
 from pycni.calico.resources import Resource, ResourceError
 from pycni.net import attachment, netns
 from pycni.plugins import common
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
-from pycni.spec import ipaddr
+from pycni.spec import gokeys, ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
@@ -59,12 +60,13 @@ def _container_routes(ctx: cni.Context) -> list[dataplane.IPNetwork]:
     """Calico's default routes, or host-local's `routes` (their gateways ignored: the host is the gateway)."""
     routes: list[dataplane.IPNetwork] = []
     if ctx.conf.ipam.type == "host-local":
-        for entry in ctx.conf.ipam.raw.get("routes") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("dst"), str):
+        for entry in gokeys.get(ctx.conf.ipam.raw, "routes") or []:
+            dst = gokeys.get(entry, "dst") if isinstance(entry, dict) else None
+            if isinstance(dst, str):
                 try:
-                    routes.append(ipaddr.network(entry["dst"], strict=False))
+                    routes.append(ipaddr.network(dst, strict=False))
                 except ValueError:
-                    raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {entry['dst']!r}") from None
+                    raise CNIError(Code.INVALID_NETWORK_CONFIG, f"ipam.routes: invalid dst {dst!r}") from None
     if not routes:
         return list(dataplane.DEFAULT_ROUTES)
     if ctx.conf.include_default_routes:
@@ -143,6 +145,7 @@ def add(call: CmdArgs) -> Result:
 
 
 def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
+    labels = policy_cni.pod_labels(ctx.conf.raw)
     if not netns.exists(ctx.call.netns):
         raise netns.NetNSNotFound(ctx.call.netns)
     eps = Endpoints(store)
@@ -190,8 +193,9 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     if ctx.ids.pod:
         spec["pod"] = ctx.ids.pod
     obj["spec"] = endpoints.order_spec(spec)
-    endpoints.set_labels(obj)
+    endpoints.set_labels(obj, labels)
     try:
+        _ensure_profile(ctx, store)
         if "resourceVersion" in obj["metadata"]:
             eps.update(obj)
         else:
@@ -205,6 +209,15 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     faults.checkpoint(ctx.call.env, "endpoint-written")
     log.info("Wrote endpoint to datastore")
     return _result(ctx, w, mac)
+
+
+def _ensure_profile(ctx: cni.Context, store: Datastore) -> None:
+    """The endpoint's profile, created before the endpoint so that calico-node never sees it
+    missing (a missing profile drops everything)."""
+    if ctx.conf.policy_type == "k8s" and ctx.ids.orchestrator == endpoints.ORCH_K8S:
+        policy_cni.ensure_namespace_profile(store, ctx.ids.namespace)
+    elif not ctx.conf.policy_type:
+        policy_cni.ensure_profile(store, ctx.conf.name, ctx.ids.orchestrator == endpoints.ORCH_K8S)
 
 
 def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: Any) -> Result | None:

@@ -25,7 +25,8 @@ def ipam_type(call: CmdArgs) -> str:
 
 
 def plan(call: CmdArgs) -> underlay.Plan:
-    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy"), ipam_type(call))
+    # Queue length 0, as the reference's netlink.Dummy{LinkAttrs{...}} makes it.
+    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy", create={"txqlen": 0}), ipam_type(call))
 
 
 add, check, delete, gc, status = underlay.commands(plan)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pycni.skel import CmdArgs
+from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPInterface, Result
 
@@ -43,18 +44,21 @@ def call_tag(call: CmdArgs) -> str:
 def valid_tags(call: CmdArgs) -> set[str]:
     """The owner tags of the attachments a GC call says are still valid (spec 1.1.0)."""
     tags: set[str] = set()
-    raw = call.conf.raw.get("cni.dev/valid-attachments")
+    fields = call.conf.fields
+    raw = fields.raw("cni.dev/valid-attachments")
     if raw is None:
-        raw = call.conf.raw.get("cni.dev/attachments", [])
+        raw = fields.raw("cni.dev/attachments", [])
     if not isinstance(raw, list):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, '"cni.dev/valid-attachments" must be a list of {containerID, ifname}')
     for item in raw:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) or not isinstance(item.get("ifname"), str):
+        entry = Fields(item) if isinstance(item, dict) else Fields({})
+        container, ifname = entry.raw("containerID"), entry.raw("ifname")
+        if not isinstance(container, str) or not isinstance(ifname, str):
             raise CNIError(
                 Code.INVALID_NETWORK_CONFIG,
                 f'"cni.dev/valid-attachments" entry {item!r} is not an object with string "containerID" and "ifname"',
             )
-        tags.add(owner_tag(call.conf.name, item["containerID"], item["ifname"]))
+        tags.add(owner_tag(call.conf.name, container, ifname))
     return tags
 
 

@@ -21,6 +21,7 @@ from pycni import faults
 from pycni.net import links, netlink, netns, tc
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
+from pycni.spec import gokeys
 from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Interface, Result
@@ -33,6 +34,7 @@ IFB_PREFIX = "bwp"
 MAX_IFNAME = 15
 ALIAS_PREFIX = "pycni-bandwidth "
 MAX_BURST_BYTES = 0xFFFFFFFF  # the kernel's bucket is 32 bits of bytes: under 4 GB
+UINT64_MAX = 2**64 - 1
 FIELDS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
 
 
@@ -52,8 +54,21 @@ class Limits:
         return self.egress_rate > 0 and self.egress_burst > 0
 
 
+def _uint64(fields: Fields, key: str) -> int:
+    """A uint64 as encoding/json reads one: a JSON integer from 0 to 2**64-1 (no fraction,
+    no exponent, no string)."""
+    value = fields.raw(key, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX:
+        return value
+    where = f"{fields.where}.{key}" if fields.where else key
+    raise CNIError(
+        Code.INVALID_NETWORK_CONFIG, f"invalid value for {where!r}: {value!r} is not an integer from 0 to {UINT64_MAX}"
+    )
+
+
 def _limits_from(fields: Fields) -> Limits:
-    values = {key: fields.get_int(key, 0, minimum=0) for key in FIELDS}
+    """The reference's validateRateAndBurst: rate and burst together, the burst under 4 GB."""
+    values = {key: _uint64(fields, key) for key in FIELDS}
     for direction in ("ingress", "egress"):
         rate, burst = values[f"{direction}Rate"], values[f"{direction}Burst"]
         where = f" in {fields.where}" if fields.where else ""
@@ -69,9 +84,10 @@ def _limits_from(fields: Fields) -> Limits:
 
 
 def parse_limits(call: CmdArgs) -> Limits:
-    """The static configuration if it names any limit, else the runtime's `bandwidth` capability."""
+    """The static configuration if it names any limit (even as null: Go then allocates the
+    embedded BandwidthEntry), else the runtime's `bandwidth` capability."""
     fields = call.conf.fields
-    if any(key in fields for key in FIELDS):
+    if any(gokeys.mentions(fields.data, key) for key in FIELDS):
         return _limits_from(fields)
     runtime = call.conf.runtime_config
     if "bandwidth" in runtime:
@@ -125,7 +141,8 @@ def host_interface(call: CmdArgs, prev: Result) -> tuple[int, str]:
 
 def _create_ifb(ipr: netlink.IPRoute, name: str, mtu: int, alias: str) -> int:
     try:
-        ipr.link("add", ifname=name, kind="ifb", mtu=mtu)
+        # Queue length 0, as the reference's CreateIfb (Go netlink's LinkAttrs literal) makes it.
+        ipr.link("add", ifname=name, kind="ifb", mtu=mtu, txqlen=0)
     except Exception as exc:  # noqa: BLE001
         if netlink.is_errno(exc, netlink.EEXIST):
             raise CNIError(Code.CONFLICT, f"ifb device {name} already exists", "is another attachment using this name?") from None

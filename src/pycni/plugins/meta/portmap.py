@@ -20,6 +20,7 @@ from pycni.plugins.meta import _portmap_conf as conf_mod
 from pycni.plugins.meta import _portmap_iptables as ipt
 from pycni.plugins.meta import _portmap_nft as nftb
 from pycni.skel import CmdArgs
+from pycni.spec import gokeys
 from pycni.spec.errors import CNIError
 from pycni.spec.result import IPInterface, Result
 
@@ -108,7 +109,7 @@ def gc(call: CmdArgs) -> None:
     with _chained.host_lock(LOCK):
         nftb.gc(call.conf.name, _chained.valid_tags(call))
     if backend == "iptables":
-        raw = call.conf.raw.get("cni.dev/valid-attachments") or []
-        valid = {(a.get("containerID", ""), a.get("ifname", "")) for a in raw if isinstance(a, dict)}
+        raw = call.conf.fields.raw("cni.dev/valid-attachments") or []
+        valid = {(gokeys.get(a, "containerID", ""), gokeys.get(a, "ifname", "")) for a in raw if isinstance(a, dict)}
         with _chained.host_lock(LOCK + "-iptables"):
             ipt.gc(call.conf.name, valid)

@@ -177,7 +177,7 @@ def requested_ips(call: CmdArgs) -> list[Requested]:
 def load(call: CmdArgs, strict: bool = True) -> Config:
     """The configuration; with `strict=False` (DEL, GC) broken ranges are tolerated,
     since releasing needs only the network name and the data directory."""
-    if "ipam" not in call.conf.raw or not isinstance(call.conf.raw["ipam"], dict):
+    if not isinstance(call.conf.fields.raw("ipam"), dict):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "IPAM config missing 'ipam' key")
     ipam = call.conf.ipam
     config = Config(
@@ -202,7 +202,7 @@ def _range_sets(call: CmdArgs, ipam: Fields) -> list[RangeSet]:
     for i, item in enumerate(call.conf.runtime_config.get_list("ipRanges")):
         raw.append((item, f"runtimeConfig.ipRanges[{i}]"))
     if "subnet" in ipam:
-        legacy = {k: ipam.data[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
+        legacy = {k: ipam.raw(k) for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
         raw.append(([legacy], "ipam (subnet)"))
     for i, item in enumerate(ipam.get_list("ranges")):
         raw.append((item, f"ipam.ranges[{i}]"))
