@@ -19,6 +19,7 @@ def fc(request: pytest.FixtureRequest) -> Iterator[FlannelCluster]:
     yield from flannel_cluster(request.param, nodes=2, pods=1, **IPV6)
 
 
+@pytest.mark.difference("flanneld-ipv6-mtu")
 def test_dual_stack(fc: FlannelCluster) -> None:
     leases = fc.leases()
     assert all("&fd10:244:0:" in key and key.endswith("::-64") for key in leases)

@@ -64,6 +64,7 @@ def test_dual_stack() -> None:
         ({"Network": "fd00::/64", "Backend": {"Type": "vxlan"}}, "Network 'fd00::/64' is not an IPv4 network"),
     ],
 )
+@pytest.mark.difference("flanneld-strict-config")
 def test_invalid_configurations_name_the_key(doc: dict[str, object], names: str) -> None:
     doc.setdefault("Backend", {"Type": "vxlan"}) if "udp" not in names else None
     with pytest.raises(config.ConfigError) as err:

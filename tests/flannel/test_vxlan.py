@@ -74,6 +74,7 @@ def test_delegate_and_host_local_files(fc: FlannelCluster) -> None:
         assert (node.private("/var/lib/cni") / "flannel").stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.difference("flannel-check-gc")
 def test_check_gc_and_del(fc: FlannelCluster) -> None:
     """On a second network of spec 1.1.0 (kube-flannel's conflist is 0.3.1: no CHECK, no GC)."""
     node = fc.cluster.nodes[0]
@@ -190,6 +191,7 @@ def test_pods_reach_outside_through_masquerade(fc: FlannelCluster) -> None:
     assert pod.pod.ping(outside.addresses()[0], count=2, timeout=2)
 
 
+@pytest.mark.difference("flanneld-route-protocol")
 def test_routes_flanneld_did_not_make_are_untouched(fc: FlannelCluster) -> None:
     node = fc.cluster.nodes[2]
     gateway = str(node.gateway)

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni.spec import gokeys
+
 SUPPORTED_BACKENDS = ("vxlan", "host-gw")
 # What flannel itself ships besides those, and why each is refused here.
 _UNSUPPORTED = {
@@ -114,10 +116,10 @@ class NetworkConfig:
 def _lookup(data: dict[str, Any], known: tuple[str, ...], where: str) -> dict[str, Any]:
     """`data` keyed by the canonical names of `known` (matched case-insensitively; the last of
     two spellings wins, as in Go); an unknown key is an error naming it."""
-    canonical = {k.lower(): k for k in known}
+    canonical = {gokeys.fold(k): k for k in known}
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = canonical.get(key.lower())
+        name = key if key in known else canonical.get(gokeys.fold(key))
         if name is None:
             raise ConfigError(f"unknown key {key!r} in {where}: the known keys are {', '.join(known)}")
         out[name] = value
@@ -178,7 +180,7 @@ def parse_backend(raw: Any) -> BackendConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f'Backend must be an object such as {{"Type": "vxlan"}}, not {json.dumps(raw)}')
-    kind = next((v for k, v in raw.items() if k.lower() == "type"), None)
+    kind = gokeys.get(raw, "Type")
     if kind is None:
         kind = "udp" if not raw else ""
     if not isinstance(kind, str) or not kind:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pycni.spec import gokeys
+
 SUBNET_TTL = 24 * 3600  # flannel's subnetTTL
 _KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
@@ -96,19 +98,10 @@ def attrs_json(lease: Lease) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def go_field(data: dict[str, Any], name: str) -> Any:
-    """A key matched case-insensitively, as encoding/json does (the last spelling wins)."""
-    found = None
-    for key, value in data.items():
-        if key.lower() == name.lower():
-            found = value
-    return found
-
-
 def _vtep(raw: Any) -> VtepData | None:
     if not isinstance(raw, dict):
         return None
-    vni, mac = go_field(raw, "VNI"), go_field(raw, "VtepMAC")
+    vni, mac = gokeys.get(raw, "VNI"), gokeys.get(raw, "VtepMAC")
     if not isinstance(vni, int) or not isinstance(mac, str):
         return None
     return VtepData(vni, mac.lower())
@@ -122,22 +115,22 @@ def from_kv(key: str, value: str | bytes, etcd_lease: int = 0, mod_revision: int
     data = json.loads(value)
     if not isinstance(data, dict):
         raise ValueError(f"{key}: the lease is not a JSON object")
-    public = go_field(data, "PublicIP")
-    public6 = go_field(data, "PublicIPv6")
+    public = gokeys.get(data, "PublicIP")
+    public6 = gokeys.get(data, "PublicIPv6")
     try:
         public_ip = ipaddress.IPv4Address(public)
         public_ipv6 = ipaddress.IPv6Address(public6) if public6 else None
     except ValueError:
         raise ValueError(f"{key}: PublicIP {public!r} / PublicIPv6 {public6!r} is not an address") from None
-    kind = go_field(data, "BackendType") or ""
+    kind = gokeys.get(data, "BackendType") or ""
     return Lease(
         subnet=subnets[0],
         ipv6_subnet=subnets[1],
         public_ip=public_ip,
         public_ipv6=public_ipv6,
         backend_type=str(kind),
-        vtep=_vtep(go_field(data, "BackendData")),
-        vtep6=_vtep(go_field(data, "BackendV6Data")),
+        vtep=_vtep(gokeys.get(data, "BackendData")),
+        vtep6=_vtep(gokeys.get(data, "BackendV6Data")),
         etcd_lease=etcd_lease,
         mod_revision=mod_revision,
     )

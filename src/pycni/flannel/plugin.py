@@ -27,10 +27,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pycni.flannel.lease import go_field
 from pycni.runtime import delegate as delegation
 from pycni.runtime import invoke
 from pycni.skel import CmdArgs
+from pycni.spec import gokeys
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
 
@@ -169,7 +169,7 @@ class Conf:
 
 
 def _path(raw: dict[str, Any], name: str, default: str) -> str:
-    value = go_field(raw, name)
+    value = gokeys.get(raw, name)
     if value is None or value == "":
         return default
     if not isinstance(value, str) or "\0" in value or not value.startswith("/"):
@@ -180,7 +180,7 @@ def _path(raw: dict[str, Any], name: str, default: str) -> str:
 
 
 def _object(raw: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = go_field(raw, name)
+    value = gokeys.get(raw, name)
     if value is not None and not isinstance(value, dict):
         raise CNIError(
             Code.INVALID_NETWORK_CONFIG, f"failed to load netconf: {name!r} must be an object, not {json.dumps(value)}"
@@ -204,7 +204,7 @@ def _route(raw: Any) -> _Struct:
     if not isinstance(raw, dict):
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: {json.dumps(raw)} is not a route object")
     out = _Struct()
-    dst = go_field(raw, "dst")
+    dst = gokeys.get(raw, "dst")
     try:
         if not isinstance(dst, str):
             raise ValueError
@@ -214,7 +214,7 @@ def _route(raw: Any) -> _Struct:
         out["dst"] = f"{parsed.ip}/{parsed.network.prefixlen}"
     except ValueError:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: dst {json.dumps(dst)} is not a CIDR") from None
-    gw = go_field(raw, "gw")
+    gw = gokeys.get(raw, "gw")
     if gw:
         try:
             out["gw"] = str(ipaddress.ip_address(gw))
@@ -223,11 +223,11 @@ def _route(raw: Any) -> _Struct:
                 Code.INVALID_NETWORK_CONFIG, f"failed to read IPAM routes: gw {json.dumps(gw)} is not an address"
             ) from None
     for name in ("mtu", "advmss", "priority"):
-        value = go_field(raw, name)
+        value = gokeys.get(raw, name)
         if value:
             out[name] = value
     for name in ("table", "scope"):
-        value = go_field(raw, name)
+        value = gokeys.get(raw, name)
         if value is not None:
             out[name] = value
     return out
