@@ -12,6 +12,8 @@ import os
 from pycni.spec.errors import CNIError, Code
 
 KINDS = ("main", "ipam", "meta")
+# Plugins that live in a wing rather than under pycni/plugins: type -> module.
+WINGS = {"flannel": "pycni.flannel.plugin"}
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -25,10 +27,13 @@ def discover() -> dict[str, str]:
             if info.name.startswith("_") or info.ispkg:
                 continue
             found[info.name.replace("_", "-")] = f"pycni.plugins.{kind}.{info.name}"
+    found.update(WINGS)
     return dict(sorted(found.items()))
 
 
 def module_name(plugin_type: str) -> str:
+    if plugin_type in WINGS:
+        return WINGS[plugin_type]
     kind_dirs = {kind: os.path.join(_PACKAGE_DIR, kind) for kind in KINDS}
     module = plugin_type.replace("-", "_")
     if module.isidentifier() and not module.startswith("_"):
@@ -43,4 +48,7 @@ def module_name(plugin_type: str) -> str:
 
 
 def type_of(module: str) -> str:
+    for plugin_type, name in WINGS.items():
+        if name == module:
+            return plugin_type
     return module.rsplit(".", 1)[-1].replace("_", "-")
