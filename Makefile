@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-cluster test lint typecheck unit bench stress fuzz lock clean
+.PHONY: setup demo demo-cluster demo-flannel test lint typecheck unit bench stress fuzz lock clean
 
 setup:
 	@scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 # Three Calico nodes on one machine (calico-node, BIRD, one etcd), pods pinging across them.
 demo-cluster: setup
 	@scripts/demo-cluster.sh
+
+# Three Flannel nodes on one machine (flanneld, one etcd, kube-flannel's conflist), pods pinging across them.
+demo-flannel: setup
+	@scripts/demo-flannel.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -2,7 +2,9 @@
 /var/run/calico) on one underlay bridge with one etcd, calico-node on each (BGP through BIRD,
 or VXLAN with DEMO_BACKEND=vxlan), pods made with the seed chapter's conflist
 (datastore_type etcdv3) through `pycni add`, then cross-node pings, `calicoctl node status`
-and `calicoctl get nodes -o wide`. Everything is removed at the end, also on failure."""
+and `calicoctl get nodes -o wide`; then network policy: a TCP connection between pods on two nodes,
+refused by a default-deny NetworkPolicy, allowed again by an allow rule on labelled pods, and what
+calico-node enforces for the server pod. Everything is removed at the end, also on failure."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.calico.node.calicocluster import CalicoCluster  # noqa: E402
+from tests.calico.node.calicocluster import CalicoCluster, PodInfo  # noqa: E402
 from tests.calico.test_acceptance import seed_conflist  # noqa: E402
 from tests.cluster.harness import Cluster, wait_until  # noqa: E402
 
@@ -35,6 +37,82 @@ def seed_for(node_name: str, etcd: str, mtu: str, kubeconfig: str) -> dict:
     doc = json.loads(raw)
     doc["plugins"][0].update(datastore_type="etcdv3", etcd_endpoints=etcd)
     return doc
+
+
+SERVER = (
+    "import socket\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8080)); s.listen(8)\n"
+    "while True:\n"
+    "    c,_=s.accept(); c.sendall(b'hello from the server pod'); c.close()\n"
+)
+CLIENT = (
+    "import socket,sys\n"
+    "try:\n"
+    "    print('connected:', socket.create_connection((sys.argv[1], 8080), timeout=2).recv(64).decode())\n"
+    "except OSError as e:\n"
+    "    print('no connection:', 'no answer within 2 s' if isinstance(e, TimeoutError) else e)\n"
+)
+DEFAULT_DENY = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"""
+ALLOW = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-clients, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{protocol: TCP, port: 8080}]
+"""
+
+
+def policy_demo(cc: CalicoCluster, client: PodInfo, server: PodInfo) -> None:
+    """Network policy: a default-deny in the namespace, then an allow rule, with a TCP client."""
+    first = cc.cluster.nodes[0]
+
+    def connect(what: str) -> None:
+        out = client.pod.run(sys.executable, "-c", CLIENT, server.ip, check=False, timeout=30).stdout.strip()
+        print(f"   {what}: {client.name}@{client.node.name} -> {server.name}@{server.node.name}:8080  {out}")
+
+    def calicoctl(*argv: str, input: str | None = None) -> None:
+        print(f"   $ calicoctl {' '.join(argv)}")
+        out = cc.calicoctl(first, *argv, input=input, check=False)
+        for line in (out.stdout + out.stderr).rstrip().splitlines():
+            print(f"     {line}")
+
+    def endpoint(pod: PodInfo) -> str:
+        weps = json.loads(cc.calicoctl(first, "get", "workloadendpoints", "-o", "json").stdout)["items"]
+        return next(w["metadata"]["name"] for w in weps if w["spec"].get("pod") == pod.name)
+
+    step("Network policy: a TCP server on one pod, a client on another node")
+    listener = server.pod.popen(sys.executable, "-c", SERVER)
+    try:
+        time.sleep(0.3)
+        connect("no policy")
+        step("A default-deny ingress policy for the namespace (a Kubernetes NetworkPolicy)")
+        calicoctl("apply", "-f", "-", input=DEFAULT_DENY)
+        time.sleep(0.5)
+        connect("default deny")
+        step("An allow rule: pods labelled role=client may reach app=server on TCP 8080")
+        calicoctl("label", "workloadendpoint", endpoint(server), "app=server")
+        calicoctl("label", "workloadendpoint", endpoint(client), "role=client")
+        calicoctl("apply", "-f", "-", input=ALLOW)
+        time.sleep(0.5)
+        connect("allowed")
+        calicoctl("get", "networkpolicy", "-o", "wide")
+        step(f"What {server.node.name} enforces for the server pod")
+        out = cc.calicoctl(server.node, "node", "policy", server.name, check=False)
+        for line in (out.stdout + out.stderr).rstrip().splitlines():
+            print(f"   {line}")
+        step("Removing the policies")
+        calicoctl("delete", "-f", "-", input=DEFAULT_DENY + "---\n" + ALLOW)
+    finally:
+        listener.kill()
+        listener.wait()
 
 
 def main() -> int:
@@ -86,6 +164,7 @@ def main() -> int:
             step(f"Routes on {cluster.nodes[0].name} (protocol bird / 80: calico-node's)")
             for line in cc.routes(cluster.nodes[0]):
                 print(f"   {line}")
+            policy_demo(cc, pods[0], pods[-1])
             step("Cleaning up: pods deleted, calico-node stopped, nodes, bridge and etcd removed")
         finally:
             cc.close()

@@ -11,7 +11,7 @@ from pycni import extras, launcher, registry, skel
 from pycni.spec.errors import CNIError
 
 SHIPPED = {"bridge", "ptp", "macvlan", "ipvlan", "vlan", "host-device", "loopback", "tap", "dummy"}
-SHIPPED |= {"host-local", "static", "portmap", "bandwidth", "tuning", "firewall", "calico", "calico-ipam"}
+SHIPPED |= {"host-local", "static", "portmap", "bandwidth", "tuning", "firewall", "calico", "calico-ipam", "flannel"}
 
 THIRD_PARTY = """
 from pycni.spec.result import Result

@@ -199,7 +199,14 @@ def test_three_nodes_through_the_plugin_borrow_then_strict_affinity_refuses(
     per_node = 50
 
     def add(node: str, i: int) -> tuple[str, Any]:
-        conf = dict(_conf(tmp_path, etcd.endpoint), type="calico-ipam", nodename=node, ipam_lock_file=str(tmp_path / node))
+        # 150 processes on a loaded machine: a slow etcd round trip is not what this test is about.
+        conf = dict(
+            _conf(tmp_path, etcd.endpoint),
+            type="calico-ipam",
+            nodename=node,
+            ipam_lock_file=str(tmp_path / node),
+            datastore_timeout=10,
+        )
         out = run_plugin(plugin_dir / "calico-ipam", "ADD", conf, netns="/run/netns/pct-unused", container_id=f"{node}-{i}")
         return node, out
 

@@ -63,7 +63,8 @@ def _qdiscs(netns: str | None) -> list[tuple[Any, ...]]:
 
 
 def _nftables() -> list[str]:
-    out = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+    # -s (stateless): no counter values, which move with any stray packet in the stand-in host
+    out = subprocess.run(["nft", "-j", "-s", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
     items = json.loads(out or '{"nftables": []}').get("nftables", [])
     return sorted(json.dumps(i, sort_keys=True) for i in items if "metainfo" not in i)
 

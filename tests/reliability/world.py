@@ -88,6 +88,22 @@ class World:
             "dataDir": self.data_dir,
         }
 
+    def flannel(self) -> dict[str, Any]:
+        """flanneld's subnet.env for the world's range, and the plugin's files in the world."""
+        env = self.root.parent / f"{self.root.name}-subnet.env"  # outside the watched world: flanneld's, not a plugin's
+        if not env.exists():
+            network = self.v4.supernet(new_prefix=16)
+            env.write_text(
+                f"FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={self.v4.network_address + 1}/{self.v4.prefixlen}\n"
+                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+            )
+        return {
+            "subnetFile": str(env),
+            "dataDir": str(self.root / "flannel"),
+            "delegate": {"bridge": self.bridge, "hairpinMode": True, "isDefaultGateway": False},
+            "ipam": {"dataDir": self.data_dir},
+        }
+
     def calico(self, plugin_type: str) -> dict[str, Any]:
         return {
             "type": plugin_type,
@@ -156,6 +172,7 @@ class World:
                 "dataDir": str(self.root / "tuning"),
             },
             "firewall": {"backend": "nftables", "ingressPolicy": "open"},
+            "flannel": self.flannel(),
             "calico": self.calico("calico"),
             "calico-ipam": self.calico("calico-ipam"),
         }

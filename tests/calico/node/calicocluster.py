@@ -36,6 +36,7 @@ class PodInfo:
     node: Node
     ip: str
     name: str
+    namespace: str = "default"
 
 
 @dataclass
@@ -49,6 +50,8 @@ class CalicoCluster:
     network: str = "k8s-pod-network"
     #: more plugin directories after ours (e.g. /usr/lib/cni for portmap and bandwidth)
     cni_path_extra: str = ""
+    #: more keys of the calico plugin's configuration for `add_pod` (e.g. "policy")
+    conf_extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, cluster: Cluster, pool: str, env: dict[str, str]) -> CalicoCluster:
@@ -115,28 +118,37 @@ class CalicoCluster:
         if proc is not None:
             node.stop(proc)
 
-    def cni(self, node: Node, command: str, pod: Pod, name: str) -> subprocess.CompletedProcess[str]:
+    def cni(self, node: Node, command: str, pod: Pod, name: str, namespace: str = "default") -> subprocess.CompletedProcess[str]:
         env = dict(
             self.env,
             NETCONFPATH="/etc/cni/net.d",
             CNI_PATH=":".join(p for p in (str(self.plugin_dir), self.cni_path_extra) if p),
-            CNI_ARGS=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
+            CNI_ARGS=f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
         )
         return node.run(str(VENV_BIN / "pycni"), command, self.network, pod.path, env=env, check=False)
 
-    def add_pod(self, node: Node) -> PodInfo:
+    def add_pod(self, node: Node, namespace: str = "default", labels: dict[str, str] | None = None, name: str = "") -> PodInfo:
+        """A pod through `pycni add`; `labels` go in the conflist's args.cni.labels (CONVENTIONS),
+        as a runtime passes them, with `conf_extra` in the calico plugin's configuration."""
         pod = node.make_pod()
-        name = f"pod-{pod.name[-8:]}"
-        out = self.cni(node, "add", pod, name)
+        name = name or f"pod-{pod.name[-8:]}"
+        if labels is not None or self.conf_extra:
+            assert self.cluster.etcd is not None
+            doc = conflist(self.cluster.etcd.endpoint, self.network, self.conf_extra)
+            if labels:
+                doc["plugins"][0]["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
+            self.write_conflist(node, doc)
+        out = self.cni(node, "add", pod, name, namespace)
         if out.returncode != 0:
+            node.delete_pod_netns(pod)
             raise RuntimeError(f"ADD on {node.name} failed: {out.stdout}{out.stderr}")
         ip = json.loads(out.stdout)["ips"][0]["address"].split("/")[0]
-        info = PodInfo(pod, node, ip, name)
+        info = PodInfo(pod, node, ip, name, namespace)
         self.pods.append(info)
         return info
 
     def delete_pod(self, info: PodInfo) -> None:
-        self.cni(info.node, "del", info.pod, info.name)
+        self.cni(info.node, "del", info.pod, info.name, info.namespace)
         info.node.delete_pod_netns(info.pod)
         if info in self.pods:
             self.pods.remove(info)

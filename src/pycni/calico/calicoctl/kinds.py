@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pycni.calico import bgp, nodes
 from pycni.calico.datastore import Datastore
 from pycni.calico.endpoints import Endpoints, order_spec
+from pycni.calico.policy import resources as policy
 from pycni.calico.pools import Pools, normalize
 from pycni.calico.resources import IPPOOL, NODE, WORKLOAD_ENDPOINT, Kind, Resource, ResourceError, Resources
 
@@ -189,6 +190,49 @@ MANAGERS: list[Manager] = [
         validate=bgp.validate_peer,
         spec_order=bgp.PEER_SPEC_ORDER,
     ),
+    Manager(
+        policy.NETWORK_POLICY,
+        names=("networkpolicy", "networkpolicies", "policy", "np", "policies", "pol", "pols"),
+        headings=("NAME", "TIER"),
+        wide_headings=("NAME", "TIER", "ORDER", "SELECTOR"),
+        columns=policy.policy_columns,
+        validate=policy.validate_network_policy,
+        spec_order=policy.POLICY_SPEC_ORDER,
+    ),
+    Manager(
+        policy.GLOBAL_NETWORK_POLICY,
+        names=("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),
+        headings=("NAME", "TIER"),
+        wide_headings=("NAME", "TIER", "ORDER", "SELECTOR"),
+        columns=policy.policy_columns,
+        validate=policy.validate_global_network_policy,
+        spec_order=policy.POLICY_SPEC_ORDER,
+    ),
+    Manager(
+        policy.PROFILE,
+        names=("profile", "profiles", "pro", "pros"),
+        headings=("NAME",),
+        wide_headings=("NAME", "LABELS"),
+        columns=policy.profile_columns,
+        validate=policy.validate_profile,
+        spec_order=policy.PROFILE_SPEC_ORDER,
+    ),
+    Manager(
+        policy.NETWORK_SET,
+        names=("networkset", "networksets", "netsets"),
+        headings=("NAME",),
+        wide_headings=("NAME", "NETS"),
+        columns=policy.set_columns,
+        validate=policy.validate_network_set,
+    ),
+    Manager(
+        policy.GLOBAL_NETWORK_SET,
+        names=("globalnetworkset", "globalnetworksets", "gnetsets"),
+        headings=("NAME",),
+        wide_headings=("NAME", "NETS"),
+        columns=policy.set_columns,
+        validate=policy.validate_global_network_set,
+    ),
 ]
 
 
@@ -209,4 +253,8 @@ def order_resource_spec(kind: str, spec: Resource) -> Resource:
         return order_spec(spec)
     manager = by_kind().get(kind)
     order = manager.spec_order if manager else ()
-    return {k: spec[k] for k in order if k in spec} | {k: v for k, v in spec.items() if k not in order}
+    out = {k: spec[k] for k in order if k in spec} | {k: v for k, v in spec.items() if k not in order}
+    for key in ("ingress", "egress"):
+        if isinstance(out.get(key), list):
+            out[key] = [policy.order_rule(r) if isinstance(r, dict) else r for r in out[key]]
+    return out

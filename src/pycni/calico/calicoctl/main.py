@@ -8,6 +8,7 @@
     calicoctl create|apply|replace|delete -f FILE      calicoctl delete KIND NAME...
     calicoctl label KIND NAME key=value [--overwrite] | key --remove  [-n NS]
     calicoctl node status
+    calicoctl node policy ENDPOINT [-n NS]               what calico-node enforces for one workload
 
 KIND is any type in pycni.calico.calicoctl.kinds (ippools, workloadendpoints, nodes, ...).
 
@@ -24,11 +25,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pycni.calico.calicoctl import datastorecfg, kinds, node_status, output, tables
+from pycni.calico.calicoctl import datastorecfg, kinds, node_policy, node_status, output, tables
 from pycni.calico.datastore import Datastore, DatastoreError, UnsupportedDatastore, open_datastore
 from pycni.calico.endpoints import EndpointNameError, Endpoints
 from pycni.calico.ipam import IPAM
 from pycni.calico.model import IPAMConfig
+from pycni.calico.policy import k8s
+from pycni.calico.policy.model import K8S_POLICY_PREFIX
 from pycni.calico.pools import PoolError
 from pycni.calico.resources import ResourceError, ValidationError
 from pycni.extras import MissingExtra
@@ -300,6 +303,47 @@ def _documents(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise CommandError(str(exc)) from None
 
 
+def _namespace(doc: dict[str, Any], manager: kinds.Manager, cli_namespace: str | None) -> None:
+    """calicoctl's handleNamespace: fill in a namespaced resource's namespace, refuse one that
+    contradicts -n, and refuse a namespace on a global resource."""
+    meta = doc["metadata"]
+    kind = manager.kind.kind
+    given = meta.get("namespace") or ""
+    if manager.kind.namespaced:
+        if given and cli_namespace and given != cli_namespace:
+            raise CommandError(
+                f"Failed to execute command: resource namespace does not match client namespace. {given} != {cli_namespace}"
+            )
+        meta["namespace"] = given or cli_namespace or "default"
+    elif given:
+        raise CommandError(
+            f"Failed to execute command: namespace should not be specified for a non-namespaced resource. "
+            f"{kind} is not a namespaced resource"
+        )
+    elif cli_namespace:
+        raise CommandError(f"Failed to execute command: {kind} is not namespaced")
+
+
+def _from_k8s(doc: dict[str, Any], action: str, cli_namespace: str | None) -> dict[str, Any]:
+    """A networking.k8s.io/v1 NetworkPolicy as the Calico NetworkPolicy Calico stores for it."""
+    raw_meta = doc.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    given = meta.get("namespace") or ""
+    if given and cli_namespace and given != cli_namespace:
+        raise CommandError(
+            f"Failed to execute command: resource namespace does not match client namespace. {given} != {cli_namespace}"
+        )
+    namespace = given or cli_namespace or "default"
+    if action == "delete":
+        return {"kind": "NetworkPolicy", "metadata": {"name": k8s.policy_name(str(meta.get("name", ""))), "namespace": namespace}}
+    try:
+        converted = k8s.to_calico({**doc, "metadata": {**meta, "namespace": namespace}})
+    except ValidationError as exc:
+        raise CommandError(f"Failed to {action} 'NetworkPolicy' resource: [{exc}]") from None
+    converted["_k8s"] = True
+    return converted
+
+
 def modify(args: argparse.Namespace, store: Datastore) -> str:
     action = args.command
     docs = _documents(args)
@@ -307,9 +351,15 @@ def modify(args: argparse.Namespace, store: Datastore) -> str:
     # Every document is checked before any is written: a bad file changes nothing.
     plan: list[tuple[kinds.Manager, dict[str, Any]]] = []
     for doc in docs:
+        from_k8s = k8s.is_k8s_policy(doc)
+        if from_k8s:
+            doc = _from_k8s(doc, action, args.namespace)
         kind = str(doc.get("kind", ""))
         if doc.get("apiVersion", "projectcalico.org/v3") != "projectcalico.org/v3":
-            raise CommandError(f"Failed to execute command: apiVersion {doc.get('apiVersion')!r} is not projectcalico.org/v3")
+            raise CommandError(
+                f"Failed to execute command: apiVersion {doc.get('apiVersion')!r} is not projectcalico.org/v3 "
+                f"(or {k8s.API_VERSION} for a NetworkPolicy)"
+            )
         manager = managers.get(kind)
         if manager is None:
             raise CommandError(
@@ -319,10 +369,12 @@ def modify(args: argparse.Namespace, store: Datastore) -> str:
         meta = doc.setdefault("metadata", {})
         if not isinstance(meta, dict) or not meta.get("name"):
             raise CommandError(f"Failed to execute command: error with field metadata.name = '' (a {kind} needs a name)")
-        if manager.kind.namespaced:
-            meta["namespace"] = meta.get("namespace") or args.namespace or "default"
-        else:
-            meta.pop("namespace", None)
+        _namespace(doc, manager, None if from_k8s else args.namespace)
+        if kind == "NetworkPolicy" and not from_k8s and str(meta["name"]).startswith(K8S_POLICY_PREFIX):
+            raise CommandError(
+                f"Failed to {action} 'NetworkPolicy' resource: [{meta['name']}: kubernetes network policies must be managed "
+                f"through the kubernetes API (here: {action} the {k8s.API_VERSION} NetworkPolicy)]"
+            )
         if manager.validate is not None and action != "delete":
             _apply_or_fail(lambda doc=doc, manager=manager: manager.validate(json.loads(json.dumps(doc))), action, kind)
         plan.append((manager, doc))
@@ -450,12 +502,16 @@ def parser() -> argparse.ArgumentParser:
     nodep = sub.add_parser("node", help="calico-node on this host")
     node_sub = nodep.add_subparsers(dest="node_command", required=True)
     node_sub.add_parser("status", help="calico-node and its BGP peers")
+    policyp = node_sub.add_parser("policy", help="the policies and profiles enforced for one workload endpoint")
+    policyp.add_argument("endpoint", help="a WorkloadEndpoint's name, or its pod, container ID or host interface")
+    policyp.add_argument("-n", "--namespace")
+    policyp.add_argument("-c", "--config", default=argparse.SUPPRESS)
     return top
 
 
 def run(argv: Sequence[str]) -> str:
     args = parser().parse_args(list(argv))
-    if args.command == "node":
+    if args.command == "node" and args.node_command == "status":
         code, text = node_status.status(os.environ)
         if code:
             raise CommandError(text.rstrip("\n"))
@@ -469,6 +525,11 @@ def run(argv: Sequence[str]) -> str:
             return get(args, store)
         if args.command == "label":
             return label(args, store)
+        if args.command == "node":
+            try:
+                return node_policy.report(store, args.endpoint, args.namespace, dict(os.environ))
+            except node_policy.EndpointNotFound as exc:
+                raise CommandError(f"Failed to execute command: {exc}") from None
         return modify(args, store)
     finally:
         store.close()

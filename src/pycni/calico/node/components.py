@@ -19,6 +19,7 @@ from pycni.calico.node.component import Component, NodeContext
 from pycni.calico.node.config import NodeConfig
 from pycni.calico.node.metrics import Metrics
 from pycni.calico.node.nat import NATComponent
+from pycni.calico.node.policy.component import PolicyComponent
 from pycni.calico.node.routes import RoutesComponent
 from pycni.calico.node.view import NODES_PREFIX
 from pycni.calico.node.vxlan import VXLANComponent
@@ -47,6 +48,7 @@ FACTORIES: list[Factory] = [
     _vxlan,
     _routes,
     lambda ctx, cfg: NATComponent(ctx),
+    lambda ctx, cfg: PolicyComponent(ctx, cfg.policy),
     lambda ctx, cfg: ipip.IPIPComponent() if ctx.backend != "none" else None,
     _bird,
 ]

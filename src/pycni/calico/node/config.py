@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pycni.calico.datastore import AVAILABLE, EMBEDDED, DatastoreSettings
+from pycni.calico.node.policy.render import Options, options_from_env
 
 BACKENDS = ("bird", "vxlan", "none")
 DEFAULT_LIB_DIR = "/var/lib/calico"
@@ -92,6 +93,8 @@ class NodeConfig:
     resync_interval: float
     reconcile_interval: float
     env: dict[str, str] = field(default_factory=dict)
+    #: what the policy component renders (FELIX_LOGPREFIX, FELIX_DEFAULTENDPOINTTOHOSTACTION, ...)
+    policy: Options = field(default_factory=Options)
 
     @property
     def mtu_file(self) -> str:
@@ -181,6 +184,10 @@ def load(env: Mapping[str, str]) -> NodeConfig:
         raise ConfigError(
             "Invalid configuration with NO_DEFAULT_POOLS defined and CALICO_IPV4POOL_CIDR or CALICO_IPV6POOL_CIDR defined."
         )
+    try:
+        policy = options_from_env(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return NodeConfig(
         nodename=nodename_from(env, nodename_file),
         ip=env.get("IP", "").strip(),
@@ -210,4 +217,5 @@ def load(env: Mapping[str, str]) -> NodeConfig:
         resync_interval=_seconds(env, "FELIX_ROUTEREFRESHINTERVAL", 90.0),
         reconcile_interval=_seconds(env, "PYCNI_RECONCILE_INTERVAL", 10.0),
         env=env,
+        policy=policy,
     )

@@ -28,6 +28,7 @@ from pycni import faults
 from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
+from pycni.calico.policy import cni as policy_cni
 from pycni.calico.resources import Resource, ResourceError
 from pycni.net import attachment, netns
 from pycni.plugins import checking, delegation
@@ -145,6 +146,7 @@ def add(call: CmdArgs) -> Result:
 
 
 def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
+    labels = policy_cni.pod_labels(ctx.conf.raw)
     if not netns.exists(ctx.call.netns):
         raise netns.NetNSNotFound(ctx.call.netns)
     eps = Endpoints(store)
@@ -164,7 +166,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
         log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
         mac = _attach(ctx, w, log)
-        _write_endpoint(ctx, eps, existing, w, mac)
+        _write_endpoint(ctx, eps, existing, w, mac, labels)
     faults.checkpoint("endpoint-written")
     log.info("Wrote endpoint to datastore")
     return _result(ctx, w, mac)
@@ -182,8 +184,11 @@ def _attach(ctx: cni.Context, w: dataplane.Workload, log: Any) -> str:
     return mac
 
 
-def _write_endpoint(ctx: cni.Context, eps: Endpoints, existing: Resource | None, w: dataplane.Workload, mac: str) -> None:
-    """Create the WorkloadEndpoint (update a pod's existing one); on failure remove the dataplane."""
+def _write_endpoint(
+    ctx: cni.Context, eps: Endpoints, existing: Resource | None, w: dataplane.Workload, mac: str, labels: dict[str, str]
+) -> None:
+    """Create the WorkloadEndpoint (update a pod's existing one) with the pod's `labels`, its
+    profile first; on failure remove the dataplane."""
     obj = existing if existing is not None and ctx.ids.orchestrator == endpoints.ORCH_K8S else None
     if obj is None:
         obj = endpoints.new_endpoint(ctx.ids, ctx.ids.name())
@@ -201,8 +206,9 @@ def _write_endpoint(ctx: cni.Context, eps: Endpoints, existing: Resource | None,
     if ctx.ids.pod:
         spec["pod"] = ctx.ids.pod
     obj["spec"] = endpoints.order_spec(spec)
-    endpoints.set_labels(obj)
+    endpoints.set_labels(obj, labels)
     try:
+        _ensure_profile(ctx, eps.store)
         if "resourceVersion" in obj["metadata"]:
             eps.update(obj)
         else:
@@ -212,6 +218,15 @@ def _write_endpoint(ctx: cni.Context, eps: Endpoints, existing: Resource | None,
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
+
+
+def _ensure_profile(ctx: cni.Context, store: Datastore) -> None:
+    """The endpoint's profile, created before the endpoint so that calico-node never sees it
+    missing (a missing profile drops everything)."""
+    if ctx.conf.policy_type == "k8s" and ctx.ids.orchestrator == endpoints.ORCH_K8S:
+        policy_cni.ensure_namespace_profile(store, ctx.ids.namespace)
+    elif not ctx.conf.policy_type:
+        policy_cni.ensure_profile(store, ctx.conf.name, ctx.ids.orchestrator == endpoints.ORCH_K8S)
 
 
 def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: Any) -> Result | None:
