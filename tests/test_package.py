@@ -54,8 +54,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_the_core_needs_only_pyroute2_and_nftables(installed: Path) -> None:
-    listed = _run([installed / "venv" / "bin" / "pip", "list", "--format", "json"], installed).stdout
-    names = {p["name"].lower() for p in json.loads(listed)} - {"pip", "setuptools"}
+    listing = "import importlib.metadata as m, json; print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"
+    listed = _run([installed / "venv" / "bin" / "python", "-c", listing], installed).stdout
+    names = {name.lower() for name in json.loads(listed)} - {"pip", "setuptools"}
     assert names == {"pycni", "pyroute2", "pip-nftables"}
     bin_dir = installed / "bin"
     _run([installed / "venv" / "bin" / "pycni", "plugins", "install", bin_dir], installed)
