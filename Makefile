@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-cluster demo-flannel test lint typecheck unit bench stress fuzz clean
+.PHONY: setup demo demo-cluster demo-flannel test lint typecheck unit bench stress fuzz lock clean
 
 setup:
 	@scripts/setup.sh
@@ -47,6 +47,10 @@ bench: setup
 STRESS_ARGS ?= --iterations 1000
 stress: setup
 	scripts/in-netns.sh $(PY) -m tests.faults.stress $(STRESS_ARGS)
+
+# Renew requirements.lock (the exact versions `make setup` installs) from pyproject.toml's ranges.
+lock:
+	@scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """ADD+DEL of bridge + host-local: the Go plugins and ours as processes, side by side, and
-ours with warm imports in one process (as a resident agent runs them, IPAM delegated
-in-process): what the plugin code itself costs per attachment.
+ours with warm imports in one process (as a resident agent runs them: the IPAM plugin found
+in CNI_PATH is our launcher, so it is delegated to in-process): what the plugin code itself
+costs per attachment.
 
     scripts/in-netns.sh .venv/bin/python bench/bridge.py [N]
 """
@@ -13,25 +14,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pycni import launcher, skel
-from pycni.runtime import delegate
-from pycni.spec.errors import CNIError
-from pycni.spec.result import Result
 
 NETNS = "bench1"
-
-
-def _in_process(command: str) -> Callable[..., Any]:
-    def run(call: skel.CmdArgs, plugin_type: str, stdin: bytes | None = None) -> Result | None:
-        out = skel.dispatch(plugin_type, dict(call.env, CNI_COMMAND=command), call.stdin if stdin is None else stdin)
-        if out.code:
-            err = json.loads(out.stdout)
-            raise CNIError(err["code"], err["msg"], err.get("details", ""))
-        return Result.from_dict(json.loads(out.stdout)) if command == "ADD" else None
-
-    return run
 
 
 def conf(bridge: str, subnet: str) -> bytes:
@@ -64,13 +50,13 @@ def processes(path: str, stdin: bytes, n: int, plugin: str = "bridge", make_env:
     return (time.perf_counter() - start) * 1000 / n
 
 
-def in_process(stdin: bytes, n: int, plugin: str = "bridge", make_env: Env = env) -> float:
-    delegate.add, delegate.delete = _in_process("ADD"), _in_process("DEL")  # type: ignore[assignment]
+def in_process(path: str, stdin: bytes, n: int, plugin: str = "bridge", make_env: Env = env) -> float:
+    """ADD+DEL through `skel.dispatch`, with our launchers in CNI_PATH (`path`)."""
     for warm_up in (True, False):
         start = time.perf_counter()
         for i in range(3 if warm_up else n):
             for command in ("ADD", "DEL"):
-                out = skel.dispatch(plugin, make_env(command, i, "/nonexistent"), stdin)
+                out = skel.dispatch(plugin, make_env(command, i, path), stdin)
                 assert out.code == 0, out.stdout
     return (time.perf_counter() - start) * 1000 / n
 
@@ -82,7 +68,7 @@ def main(n: int) -> None:
     try:
         go = processes("/usr/lib/cni", conf("benchbr1", "10.240.0.0/16"), n)
         py = processes(ours, conf("benchbr2", "10.241.0.0/16"), n)
-        warm = in_process(conf("benchbr3", "10.242.0.0/16"), n)
+        warm = in_process(ours, conf("benchbr3", "10.242.0.0/16"), n)
         print(f"bridge + host-local ADD+DEL, {n} times, ms each:")
         print(f"  Go plugins, processes:        {go:6.1f}")
         print(f"  pycni, processes:             {py:6.1f}  ({py / go:.1f}x Go)")

@@ -40,7 +40,7 @@ def main(n: int) -> None:
         ):
             go = processes("/usr/lib/cni", confs[0], n, plugin)
             py = processes(ours, confs[1], n, plugin)
-            warm = in_process(confs[2], n, plugin)
+            warm = in_process(ours, confs[2], n, plugin)
             print(f"{plugin} ADD+DEL, {n} times, ms each:")
             print(f"  Go plugins, processes:        {go:6.1f}")
             print(f"  pycni, processes:             {py:6.1f}  ({py / go:.1f}x Go)")

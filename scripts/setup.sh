@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything `make demo` and `make test` need on a fresh Debian 12 machine (as root):
-# the Debian packages, a virtualenv in .venv, and pycni installed into it (non-editable:
+# the Debian packages, a virtualenv in .venv, and pycni installed into it with its extras
+# (calico, etcd) and the test tools, at the exact versions of requirements.lock (non-editable:
 # pip compiles the modules, and the tests run what a user would install).
 set -euo pipefail
 shopt -s lastpipe
@@ -45,10 +46,16 @@ if [ ! -x .venv/bin/python ] || [ "$(readlink -f .venv/bin/python)" != "$REAL_PY
   rm -rf .venv
   "$REAL_PYTHON" -m venv .venv
 fi
-stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.deps-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check "setuptools==80.9.0" "wheel==0.45.1" 2>&1 | quiet
-  .venv/bin/pip install -q --disable-pip-version-check ".[test]" 2>&1 | quiet
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock setuptools wheel 2>&1 | quiet
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock ".[calico,etcd,test]" 2>&1 | quiet
+  # Wheels of the core dependencies, for tests/test_package.py: it installs pycni into a fresh
+  # virtualenv inside the tests' private network namespace, where there is no network.
+  rm -rf .venv/wheelhouse
+  .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    > .venv/core-requirements.txt
+  .venv/bin/pip wheel -q --disable-pip-version-check -c requirements.lock -r .venv/core-requirements.txt -w .venv/wheelhouse 2>&1 | quiet
   rm -f .venv/.deps-* && touch "$stamp"
 fi
 # Always reinstall pycni itself, so the venv runs the checkout's code (without setuptools'

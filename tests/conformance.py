@@ -273,7 +273,7 @@ def read_by_pycni(plugin: str) -> set[str]:
     """The key paths the plugin's parser looks up for its documented configuration."""
     import importlib
 
-    from pycni.plugins import registry
+    from pycni import registry
     from pycni.skel import parse_call
 
     from .plugins import test_key_case as cases

@@ -1,5 +1,6 @@
-"""pycni.faults: the fault points read only the call's environment, count per attachment,
-trace what they pass, and kill the process at the one asked for."""
+"""pycni.faults: a checkpoint acts only inside a call whose fault injection was turned on
+(`faults.injected`, from the call's own environment), counts per call, traces what it
+passes, and kills the process at the one asked for."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ CHILD = """
 import sys
 from pycni import faults
 env = {"CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "PYCNI_FAULT": sys.argv[1], "PYCNI_FAULT_TRACE": sys.argv[2]}
-for point in ("first", "second", "first", "third"):
-    faults.checkpoint(env, point)
+faults.checkpoint("first")  # outside the call: nothing
+with faults.injected(env):
+    for point in ("first", "second", "first", "third"):
+        faults.checkpoint(point)
 print("survived")
 """
 
@@ -43,18 +46,24 @@ def test_only_the_calls_environment_counts() -> None:
     """This process survives: its own environment (in the agent, the agent's) is not the call's."""
     os.environ[faults.FAULT_ENV] = "anything"
     try:
-        faults.checkpoint({"CNI_CONTAINERID": "c2"}, "anything")
-        faults.checkpoint(None, "anything")
-        faults.checkpoint(faults.NO_FAULTS, "anything")
+        faults.checkpoint("anything")
+        with faults.injected({"CNI_CONTAINERID": "c2"}):
+            faults.checkpoint("anything")
     finally:
         del os.environ[faults.FAULT_ENV]
 
 
-def test_occurrences_are_counted_per_attachment(tmp_path: Path) -> None:
+def test_occurrences_are_counted_per_call(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
-    for container in ("a", "b", "a"):
-        faults.checkpoint({"CNI_CONTAINERID": f"pct-{tmp_path.name}-{container}", faults.TRACE_ENV: str(trace)}, "p")
-    assert trace.read_text().split() == ["p#1", "p#1", "p#2"]
+    env = {faults.TRACE_ENV: str(trace)}
+    with faults.injected(env):
+        faults.checkpoint("p")
+        with faults.injected({faults.TRACE_ENV: str(tmp_path / "other")}):  # delegated in-process: the same call
+            faults.checkpoint("p")
+    with faults.injected(env):  # the next call starts again
+        faults.checkpoint("p")
+    assert trace.read_text().split() == ["p#1", "p#2", "p#1"]
+    assert not (tmp_path / "other").exists()
 
 
 def test_parse() -> None:

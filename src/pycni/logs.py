@@ -10,8 +10,8 @@ runtime's, so records go to a file:
   rotating one file would race;
 - the agent configures one rotating handler at start-up and owns rotation.
 
-A plugin with a log-file option of its own (calico's `log_file_path`) asks for
-`file_logger(path)`: one shared handler per path, rotated when the agent runs.
+A plugin with a log file of its own (calico's `log_file_path`) writes it itself
+(`pycni.calico.log`), without the `logging` machinery.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ ROOT = "pycni"
 _lock = threading.Lock()
 _configured_file: str | None = None  # set once, by the first `configure`
 _rotation: tuple[int, int] | None = None  # (max bytes, backups) when this process rotates
-_file_loggers: dict[str, logging.Logger] = {}
 
 
 def env_file(env: Mapping[str, str]) -> str:
@@ -79,18 +78,3 @@ def configure(path: str, level: str = "INFO", rotate: tuple[int, int] | None = N
 def configure_from_env(env: Mapping[str, str]) -> bool:
     """A plugin process: the file and level its environment names."""
     return configure(env_file(env), env.get(LOG_LEVEL_ENV, "INFO"))
-
-
-def file_logger(path: str) -> logging.Logger:
-    """A logger writing to `path` only: one handler per path for the life of the process.
-
-    It logs every level; a plugin with a per-configuration level checks it itself
-    (`isEnabledFor`), since concurrent calls may want different levels."""
-    path = os.path.abspath(path)
-    with _lock:
-        logger = _file_loggers.get(path)
-        if logger is None:
-            logger = logging.Logger(f"pycni.file:{path}")  # outside the registry and the `pycni` tree
-            logger.addHandler(_open(path))
-            _file_loggers[path] = logger
-        return logger

@@ -2,24 +2,26 @@
 
 `dispatch` is pure: it reads only the mapping and bytes it is given and returns
 what a plugin process would print and its exit code. The same call serves a
-plugin executable (`main`), the resident agent and in-process delegation, so it
-must not change process-wide state (environment, working directory, signal
-handlers, the namespaces of the calling thread).
+plugin executable (`main`) and the resident agent; `run_delegated` is the same
+call for a plugin that another one delegates to in this process, answered with
+objects (its result, or the CNIError it would print). None of them may change
+process-wide state (environment, working directory, signal handlers, the
+namespaces of the calling thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
 
-from pycni import logs
+from pycni import faults, logs, registry, stdio
 from pycni.spec import args as cni_args
 from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
@@ -41,8 +43,6 @@ _REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 # The first spec version that has each command.
 _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-LOG_FILE_ENV = logs.LOG_FILE_ENV
-DEFAULT_LOG_FILE = logs.DEFAULT_LOG_FILE
 # A configuration key every pycni plugin reads: STATUS reports the plugin unavailable
 # (code 50) unless the resident agent serves the call.
 REQUIRE_AGENT_KEY = "requireAgent"
@@ -55,6 +55,9 @@ class CallMode:
     via_agent: bool = False
     agent_socket: str = ""  # the agent that serves the call, or the one the launcher tried
     agent_problem: str = ""  # why the agent did not serve it
+    # The call's PYCNI_FAULT and PYCNI_FAULT_TRACE are honoured (`pycni.faults`): in the plugin's
+    # own process, and in an agent started with --enable-fault-injection; never otherwise.
+    fault_injection: bool = False
 
 
 IN_PROCESS = CallMode()
@@ -76,6 +79,9 @@ class CmdArgs:
     plugin_type: str
     log: logging.LoggerAdapter[logging.Logger]
     mode: CallMode = IN_PROCESS
+    # What the plugin that delegated this call in-process handed over (calico gives the
+    # calico-ipam it runs its open datastore session); None in a call of its own.
+    handed_over: object = None
 
     @property
     def cni_version(self) -> str:
@@ -102,7 +108,6 @@ class Outcome:
     stdout: bytes = b""
     stderr: bytes = b""
     code: int = 0
-    result: Result | None = field(default=None, repr=False)
 
 
 class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -112,18 +117,16 @@ class _CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return (f"[{prefix}] {msg}" if prefix else msg), kwargs
 
 
-def plugin_module(plugin: str | ModuleType) -> ModuleType:
+def plugin_module(plugin: str | ModuleType, module: str = "") -> ModuleType:
+    """The module of a plugin type: `module` when the caller knows it (a launcher names it),
+    else the registry's. CNIError when there is none, or it does not import."""
     if isinstance(plugin, ModuleType):
         return plugin
-    from pycni.plugins import registry
-
-    return importlib.import_module(registry.module_name(plugin))
-
-
-def plugin_type_of(module: ModuleType) -> str:
-    from pycni.plugins import registry
-
-    return registry.type_of(module.__name__)
+    name = module or registry.module_name(plugin)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"plugin {plugin!r}: cannot import {name}: {exc}") from None
 
 
 def supported_versions(module: ModuleType) -> tuple[str, ...]:
@@ -156,9 +159,16 @@ def _check_not_own_netns(netns: str) -> None:
 
 
 def parse_call(
-    plugin_type: str, module: ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS
+    plugin_type: str,
+    module: ModuleType,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode = IN_PROCESS,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
 ) -> CmdArgs:
-    """Validate the environment and configuration; raise CNIError before anything is touched."""
+    """Validate the environment and configuration; raise CNIError before anything is touched.
+    `conf` is `stdin` parsed already (by the plugin that delegates this call in-process)."""
     command = env.get("CNI_COMMAND", "")
     if command == "":
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "required env variables [CNI_COMMAND] missing")
@@ -172,7 +182,8 @@ def parse_call(
     if missing:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"required env variables [{','.join(missing)}] missing")
 
-    conf = PluginConf.parse(stdin, need_type=False)
+    if conf is None:
+        conf = PluginConf.parse(stdin, need_type=False)
     supported = supported_versions(module)
     minimum = _MIN_VERSION.get(command)
     if minimum is not None and not versions.at_least(conf.cni_version, minimum):
@@ -209,6 +220,7 @@ def parse_call(
         plugin_type=plugin_type,
         log=log,
         mode=mode,
+        handed_over=handed_over,
     )
     cni_args.parse(call.args)  # a malformed CNI_ARGS is refused for every plugin
     if command in ("ADD", "CHECK", "DEL") and conf.has_prev_result:
@@ -244,13 +256,16 @@ def error_outcome(err: CNIError, stdin: bytes) -> Outcome:
     return _error_outcome(err, _declared_version(stdin))
 
 
-def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS) -> Outcome:
-    """Run one CNI command of `plugin` and return what it prints and its exit code."""
+def dispatch(
+    plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mode: CallMode = IN_PROCESS, module_name: str = ""
+) -> Outcome:
+    """Run one CNI command of `plugin` (a type, implemented by `module_name` when given, or a
+    module) and return what it prints and its exit code."""
     try:
-        module = plugin_module(plugin)
+        module = plugin_module(plugin, module_name)
     except CNIError as err:  # a launcher for a type this installation does not ship
         return error_outcome(err, stdin)
-    plugin_type = plugin if isinstance(plugin, str) else plugin_type_of(module)
+    plugin_type = plugin if isinstance(plugin, str) else registry.type_of(module.__name__)
     command = env.get("CNI_COMMAND", "")
     if command == "":
         return Outcome(stderr=_about(module, plugin_type), code=0)
@@ -258,19 +273,57 @@ def dispatch(plugin: str | ModuleType, env: Mapping[str, str], stdin: bytes, mod
         return _version_outcome(module, stdin)
 
     try:
-        call = parse_call(plugin_type, module, env, stdin, mode)
-        return _run(module, call)
+        answer = _call(module, plugin_type, env, stdin, mode)
     except CNIError as err:
         return error_outcome(err, stdin)
+    if answer is None:
+        return Outcome()
+    return Outcome(stdout=jsonfmt.dumps_indent(answer[1]).encode())
+
+
+def run_delegated(
+    plugin_type: str,
+    module_name: str,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
+) -> Result | None:
+    """A delegated call (ADD, DEL, CHECK, GC, STATUS) run in this process, exactly as the
+    plugin's launcher would run it: ADD's result as the caller would read it from the
+    launcher's output, None for the rest; a failure as the CNIError the launcher would
+    print. `conf` (stdin parsed already) and `handed_over` come from the delegating call."""
+    answer = _call(plugin_module(plugin_type, module_name), plugin_type, env, stdin, mode, conf, handed_over)
+    if answer is None:
+        return None
+    result, rendered = answer
+    return result.in_version(rendered["cniVersion"])
+
+
+def _call(
+    module: ModuleType,
+    plugin_type: str,
+    env: Mapping[str, str],
+    stdin: bytes,
+    mode: CallMode,
+    conf: PluginConf | None = None,
+    handed_over: object = None,
+) -> tuple[Result, dict[str, Any]] | None:
+    """Parse and run one call; an unexpected exception becomes code 999 (its traceback logged)."""
+    try:
+        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
+            return _run(module, parse_call(plugin_type, module, env, stdin, mode, conf, handed_over))
+    except CNIError:
+        raise
     except Exception as exc:
-        logger = logging.getLogger(f"pycni.plugin.{plugin_type}")
-        logger.exception("unexpected error in %s %s", plugin_type, command)
-        internal = CNIError(
+        command = env.get("CNI_COMMAND", "")
+        logging.getLogger(f"pycni.plugin.{plugin_type}").exception("unexpected error in %s %s", plugin_type, command)
+        raise CNIError(
             Code.INTERNAL,
             f"unexpected error in {plugin_type} {command}: {type(exc).__name__}: {exc}",
             f"the traceback is in the plugin log ({logs.destination(env)})",
-        )
-        return error_outcome(internal, stdin)
+        ) from None
 
 
 def _require_agent(call: CmdArgs) -> None:
@@ -286,7 +339,8 @@ def _require_agent(call: CmdArgs) -> None:
     )
 
 
-def _run(module: ModuleType, call: CmdArgs) -> Outcome:
+def _run(module: ModuleType, call: CmdArgs) -> tuple[Result, dict[str, Any]] | None:
+    """The command's handler; ADD's result with its rendering in the configuration's version."""
     if call.command == "STATUS":
         _require_agent(call)
     handler = _handler(module, call.command)
@@ -299,9 +353,9 @@ def _run(module: ModuleType, call: CmdArgs) -> Outcome:
         except CNIError:
             _undo_add(module, call)  # the runtime gets an error: it must not get an attachment too
             raise
-        return Outcome(stdout=jsonfmt.dumps_indent(rendered).encode(), result=result)
+        return result, rendered
     handler(call)
-    return Outcome()
+    return None
 
 
 def _undo_add(module: ModuleType, call: CmdArgs) -> None:
@@ -331,31 +385,21 @@ def _handler(module: ModuleType, command: str) -> Callable[[CmdArgs], Any]:
 # -- process entry -------------------------------------------------------------
 
 
-def log_file_path(env: Mapping[str, str]) -> str:
-    return logs.env_file(env)
-
-
-def configure_process_logging(env: Mapping[str, str]) -> None:
-    """Plugin processes log to a file (stdout is the protocol, stderr is the runtime's)."""
-    logs.configure_from_env(env)
-
-
 def main(
-    plugin_type: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None, mode: CallMode = IN_PROCESS
+    plugin_type: str,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    mode: CallMode = IN_PROCESS,
+    module_name: str = "",
 ) -> NoReturn:
-    """Run one call in this process (a launcher the agent did not serve) and exit as the plugin."""
+    """Run one call in this process (a launcher the agent did not serve) and exit as the plugin.
+    The process is the caller's own, so the caller's fault injection is honoured.
+    `module_name` is the one the launcher names (no entry points are read then)."""
+    mode = dataclasses.replace(mode, fault_injection=True)
     if env is None:
         env = dict(os.environ)
-    configure_process_logging(env)
+    logs.configure_from_env(env)  # stdout is the protocol, stderr is the runtime's: records go to a file
     if stdin is None:
-        from pycni.agent.client import read_stdin
-
-        stdin = read_stdin(env.get("CNI_COMMAND", ""))
-    outcome = dispatch(plugin_type, env, stdin, mode)
-    if outcome.stdout:
-        sys.stdout.buffer.write(outcome.stdout)
-        sys.stdout.buffer.flush()
-    if outcome.stderr:
-        sys.stderr.buffer.write(outcome.stderr)
-        sys.stderr.buffer.flush()
-    sys.exit(outcome.code)
+        stdin = stdio.read_stdin(env.get("CNI_COMMAND", ""))
+    outcome = dispatch(plugin_type, env, stdin, mode, module_name)
+    stdio.emit(outcome.code, outcome.stdout, outcome.stderr)

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from pycni import launcher
-from pycni.plugins import registry
+from pycni import launcher, registry
 
 from ..conftest import PluginRun, run_plugin
 
@@ -113,7 +112,7 @@ def launchers(agent_dir: Path) -> Path:
     launcher.install(str(directory), agent_socket=str(agent_dir / "agent.sock"))
     for test_type in ("pct-sleep", "pct-deleg"):
         target = directory / test_type
-        target.write_text(launcher.render(test_type, str(agent_dir / "agent.sock")))
+        target.write_text(launcher.render(test_type, str(agent_dir / "agent.sock"), ""))
         target.chmod(0o755)
     assert "loopback" in registry.discover()
     return directory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from pycni import launcher
 from pycni.agent import protocol
 
-from ..conftest import NetNS
+from ..conftest import NetNS, unique_subnet
 from .conftest import AgentProcess, answers, call, fifo_netns, release_fifo, start_agent
 
 LOOPBACK = {"cniVersion": "1.0.0", "name": "pctnet", "type": "loopback"}
@@ -62,7 +64,8 @@ def _cases(netns: NetNS) -> list[tuple[str, str, Any, dict[str, str]]]:
 
 
 def test_same_bytes_with_and_without_agent(agent: AgentProcess, launchers: Path, netns: NetNS) -> None:
-    (launchers / "bridge-nonexistent").write_text((launchers / "loopback").read_text().replace("'loopback'", "'nothere'"))
+    # A launcher for a type this installation does not have (the module is looked up when it runs).
+    (launchers / "bridge-nonexistent").write_text(launcher.render("nothere", str(agent.socket), ""))
     (launchers / "bridge-nonexistent").chmod(0o755)
     for command, plugin_type, conf, kwargs in _cases(netns):
         through = call(launchers, plugin_type, command, conf, **kwargs)
@@ -117,6 +120,24 @@ def test_cli_agent_serves_and_stops_cleanly(agent_dir: Path, launchers: Path, ne
     assert not agent_dir.joinpath("agent.sock").exists()
     assert "loopback ADD" in proc.log_text()
     assert not served_by_agent(launchers)
+
+
+def test_a_caller_cannot_make_the_agent_kill_itself(agent_dir: Path, launchers: Path, tmp_path: Path) -> None:
+    """A call's PYCNI_FAULT kills the agent only if it was started with --enable-fault-injection."""
+    trace = tmp_path / "trace"
+    conf = {"cniVersion": "1.0.0", "name": "pctfault", "ipam": {"type": "host-local", "subnet": unique_subnet(24)}}
+    conf["ipam"]["dataDir"] = str(tmp_path / "ipam")
+    fault = {"PYCNI_FAULT": "address-allocated", "PYCNI_FAULT_TRACE": str(trace)}
+    proc = start_agent(agent_dir, cli=True)
+    run = call(launchers, "host-local", "ADD", conf, netns="/x", container_id="pct-fault1", env=fault)
+    assert run.returncode == 0, run.stdout
+    assert proc.stop() == 0 and "host-local ADD container=pct-fault1" in proc.log_text()
+    assert not trace.exists()
+    proc = start_agent(agent_dir, "--enable-fault-injection", cli=True)
+    run = call(launchers, "host-local", "ADD", conf, netns="/x", container_id="pct-fault2", env=fault)
+    assert run.returncode == 1 and run.json["code"] == 11, run.stdout
+    assert proc.proc.wait(30) == -signal.SIGKILL
+    assert trace.read_text().split()[-2:] == ["killed", "address-allocated#1"]
 
 
 def test_no_agent_means_in_process(agent_dir: Path, launchers: Path, netns: NetNS) -> None:

@@ -19,8 +19,8 @@ PYTHON = os.path.realpath(sys.executable)
 
 def test_launcher_is_plain_python_in_isolated_mode(plugin_dir: Path) -> None:
     text = (plugin_dir / "loopback").read_text()
-    assert text.startswith(f"#!{PYTHON} -IS\n# pycni-launcher v2\n")
-    assert "main('loopback', '/run/pycni/agent.sock')" in text
+    assert text.startswith(f"#!{PYTHON} -IS\n# pycni-launcher v3\n")
+    assert "main('loopback', '/run/pycni/agent.sock', 'pycni.plugins.main.loopback')" in text
     assert os.access(plugin_dir / "loopback", os.X_OK)
 
 
@@ -32,25 +32,25 @@ def test_install_with_another_socket(tmp_path: Path) -> None:
         check=True,
     )
     assert proc.stdout.strip() == str(tmp_path / "loopback")
-    assert "main('loopback', '/x/a.sock')" in (tmp_path / "loopback").read_text()
+    assert "main('loopback', '/x/a.sock', 'pycni.plugins.main.loopback')" in (tmp_path / "loopback").read_text()
 
 
 def test_runs_here(plugin_dir: Path, tmp_path: Path) -> None:
     own = str(plugin_dir / "loopback")
-    assert launcher.is_launcher(own) and launcher.runs_here(own, "loopback")
-    assert not launcher.runs_here(own, "host-local"), "a launcher serves its own type only"
-    assert not launcher.runs_here("/usr/lib/cni/loopback", "loopback")
-    assert not launcher.runs_here(str(tmp_path / "missing"), "loopback")
+    assert launcher.is_launcher(own) and launcher.runs_here(own, "loopback") == "pycni.plugins.main.loopback"
+    assert launcher.runs_here(own, "host-local") is None, "a launcher serves its own type only"
+    assert launcher.runs_here("/usr/lib/cni/loopback", "loopback") is None
+    assert launcher.runs_here(str(tmp_path / "missing"), "loopback") is None
     text = (plugin_dir / "loopback").read_text()
     variants = {
         "other-install": text.replace("site-packages", "site-packages-elsewhere"),
         "other-python": text.replace(PYTHON, "/usr/bin/python3"),
-        "old-format": text.replace("# pycni-launcher v2", "# pycni-launcher v1"),
+        "old-format": text.replace("# pycni-launcher v3", "# pycni-launcher v2"),
     }
     for name, body in variants.items():
         (tmp_path / name).write_text(body)
         assert launcher.is_launcher(str(tmp_path / name))
-        assert not launcher.runs_here(str(tmp_path / name), "loopback"), name
+        assert launcher.runs_here(str(tmp_path / name), "loopback") is None, name
 
 
 def _launcher_modules(launchers: Path, netns: NetNS) -> set[str]:
@@ -75,10 +75,35 @@ def _launcher_modules(launchers: Path, netns: NetNS) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}
 
 
+def test_a_plugin_process_never_reads_entry_points(launchers: Path, netns: NetNS, tmp_path: Path) -> None:
+    """Without the agent, bridge runs in its launcher's process and delegates to host-local in it:
+    the launchers name their modules, so importlib.metadata (~40 ms of imports) is never loaded."""
+    conf = {"cniVersion": "1.0.0", "name": "pctnet", "type": "bridge", "bridge": "pctbrm0"}
+    conf["ipam"] = {"type": "host-local", "subnet": "10.255.254.0/24", "dataDir": str(tmp_path)}
+    env = {"CNI_CONTAINERID": "pct-md", "CNI_NETNS": netns.path, "CNI_IFNAME": "eth0", "CNI_PATH": str(launchers)}
+    env |= {"PYCNI_AGENT": "off", "PYCNI_LOG_FILE": str(tmp_path / "log")}
+    try:
+        for command in ("ADD", "DEL"):
+            proc = subprocess.run(
+                [PYTHON, "-IS", "-X", "importtime", str(launchers / "bridge")],
+                input=json.dumps(conf).encode(),
+                capture_output=True,
+                env={**env, "CNI_COMMAND": command},
+                timeout=60,
+                check=False,
+            )
+            assert proc.returncode == 0, proc.stdout
+            modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line}
+            assert "pycni.plugins.ipam.hostlocal.allocator" in modules  # host-local ran here
+            assert "importlib.metadata" not in modules
+    finally:
+        subprocess.run(["ip", "link", "del", "pctbrm0"], capture_output=True, check=False)
+
+
 def test_launcher_imports_only_the_standard_library(agent: AgentProcess, launchers: Path, netns: NetNS) -> None:
     modules = _launcher_modules(launchers, netns)
     ours = {m for m in modules if m == "pycni" or m.startswith("pycni.")}
-    assert ours == {"pycni", "pycni.agent", "pycni.agent.client", "pycni.agent.protocol"}
+    assert ours == {"pycni", "pycni.stdio", "pycni.agent", "pycni.agent.client", "pycni.agent.protocol"}
     others = {m.split(".")[0] for m in modules - ours}
     assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
     # Nor the heavier parts of it: socket.py (enum, selectors), os, typing, json, logging.

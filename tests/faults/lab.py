@@ -66,7 +66,7 @@ class Agent:
         if self.alive():
             return
         argv = [sys.executable, "-m", "pycni.cli.main", "agent", "--socket", str(self.socket)]
-        argv += ["--log-file", str(self.log), "--call-timeout", str(CALL_TIMEOUT)]
+        argv += ["--log-file", str(self.log), "--call-timeout", str(CALL_TIMEOUT), "--enable-fault-injection"]
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.starts += 1
         deadline = time.monotonic() + 60

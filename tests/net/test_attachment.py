@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pycni.net import attachment, sysctl
-from pycni.net.attachment import Address, Attachment, Link, Route, Sysctl
+from pycni.net.attachment import Address, Attachment, BridgePort, Creation, Link, Route, Settings, Sysctl
 from pycni.spec.errors import CNIError
 
 from ..conftest import NetNS, delete_link, unique, unique_subnet
@@ -35,7 +35,7 @@ def veth_on_bridge(bridge: str, ns: NetNS, subnet: str) -> tuple[Attachment, Lin
     net = ipaddress.ip_network(subnet)
     att = Attachment()
     br = att.add(Link(bridge, kind="bridge", shared=True))
-    host, cont = att.veth(Link("", master=br, port={"mode": 1}), Link("eth0", ns=ns.path, mtu=1400))
+    host, cont = att.veth(Link("", port=BridgePort(br, {"mode": 1})), Link("eth0", ns=ns.path, settings=Settings(mtu=1400)))
     att.addresses.append(Address(cont, ipaddress.ip_interface(f"{net[2]}/{net.prefixlen}")))
     att.addresses.append(Address(br, ipaddress.ip_interface(f"{net[1]}/{net.prefixlen}"), shared=True, exclusive=True))
     att.routes.append(Route(ipaddress.ip_network("0.0.0.0/0"), gw=net[1], link=cont))
@@ -125,7 +125,8 @@ def test_link_with_a_parent_is_created_inside_the_namespace(netns: NetNS) -> Non
     subprocess.run(["ip", "link", "add", parent, "type", "bridge"], check=True)
     try:
         att = Attachment()
-        mv = att.add(Link("net1", ns=netns.path, kind="macvlan", parent=parent, create={"macvlan_mode": "bridge"}))
+        making = Creation(parent=parent, create={"macvlan_mode": "bridge"})
+        mv = att.add(Link("net1", ns=netns.path, kind="macvlan", creation=making))
         att.addresses.append(Address(mv, ipaddress.ip_interface("192.0.2.10/24")))
         attachment.apply(att)
         (link,) = netns.ip_json("-d", "link", "show", "net1")
@@ -147,7 +148,7 @@ def test_veth_created_from_the_container_side(netns: NetNS, bridge_name: str) ->
     """The pair may be created from either end: here the container's, with the peer in the host."""
     att = Attachment()
     br = att.add(Link(bridge_name, kind="bridge", shared=True))
-    _cont, host = att.veth(Link("eth0", ns=netns.path), Link("", master=br))
+    _cont, host = att.veth(Link("eth0", ns=netns.path), Link("", port=BridgePort(br)))
     attachment.apply(att)
     assert host.name in host_links() and "eth0" in names_in(netns)
     assert subprocess_json("link", "show", host.name)[0]["master"] == bridge_name
@@ -161,7 +162,7 @@ def test_host_device_moves_in_and_back(netns: NetNS) -> None:
     subprocess.run(["ip", "link", "add", device, "type", "veth", "peer", "name", device[:-1] + "p"], check=True)
     try:
         att = Attachment()
-        link = att.add(Link("net1", ns=netns.path, kind="", device=device))
+        link = att.add(Link("net1", ns=netns.path, kind="", creation=Creation(device=device)))
         att.addresses.append(Address(link, ipaddress.ip_interface("192.0.2.20/24")))
         attachment.apply(att)
         assert device not in host_links() and "net1" in names_in(netns)
@@ -182,7 +183,7 @@ def test_a_link_netlink_cannot_make_has_a_maker(netns: NetNS) -> None:
         netns.run("ip", "tuntap", "add", "dev", link.name, "mode", "tap")
 
     att = Attachment()
-    att.add(Link("tap0", ns=netns.path, kind="tun", maker=make_tap))
+    att.add(Link("tap0", ns=netns.path, kind="tun", creation=Creation(maker=make_tap)))
     attachment.apply(att)
     assert attachment.compare(att) == []
     attachment.remove(att)
@@ -195,7 +196,7 @@ def test_links_applied_first_are_only_configured_later(netns: NetNS) -> None:
     parent = unique("pctpar")
     subprocess.run(["ip", "link", "add", parent, "type", "veth", "peer", "name", parent[:-1] + "q"], check=True)
     try:
-        link = Link("net1", ns=netns.path, kind="macvlan", parent=parent, create={"macvlan_mode": "private"})
+        link = Link("net1", ns=netns.path, kind="macvlan", creation=Creation(parent=parent, create={"macvlan_mode": "private"}))
         bare = Attachment(links=[link])
         attachment.apply(bare)
         assert link.index and "net1" in names_in(netns)
@@ -225,8 +226,12 @@ def routed_pair(ns: NetNS, host_name: str, address: str) -> tuple[Attachment, Li
     att = Attachment()
     queues = {"num_tx_queues": 3, "num_rx_queues": 3}
     cont, host = att.veth(
-        Link("eth0", ns=ns.path, mtu=1400, create=dict(queues), check_mtu=True),
-        Link(host_name, mtu=1400, mac="ee:ee:ee:ee:ee:ee", create=dict(queues), check_mtu=True, replace=True),
+        Link("eth0", ns=ns.path, creation=Creation(create=dict(queues)), settings=Settings(mtu=1400, check_mtu=True)),
+        Link(
+            host_name,
+            creation=Creation(create=dict(queues), replace=True),
+            settings=Settings(mtu=1400, mac="ee:ee:ee:ee:ee:ee", check_mtu=True),
+        ),
     )
     att.addresses.append(Address(cont, ipaddress.ip_interface(f"{address}/32")))
     att.addresses.append(Address(cont, ipaddress.ip_interface("fd00:5::5/128")))

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from pycni import registry
 from pycni.calico import config as calico_config
-from pycni.plugins import common, registry
+from pycni.plugins import request
 from pycni.plugins.ipam import static
 from pycni.plugins.ipam.hostlocal import config as hostlocal_config
 from pycni.plugins.main import bridge, host_device, ipvlan, macvlan, ptp, tap, vlan
@@ -57,7 +58,7 @@ def _prev(call: CmdArgs) -> Any:
 
 def _with_dns(load: Callable[[CmdArgs], Any]) -> Callable[[CmdArgs], Any]:
     """A main plugin's configuration and its own `dns` (which overrides its IPAM's in the result)."""
-    return lambda call: (load(call), common.conf_dns(call))
+    return lambda call: (load(call), request.conf_dns(call))
 
 
 DNS = {"nameservers": ["10.0.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]}

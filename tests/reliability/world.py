@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pycni import skel
-from pycni.plugins import registry
+from pycni import registry, skel
 from pycni.spec import version as versions
 from pycni.spec.errors import Code
 

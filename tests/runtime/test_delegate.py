@@ -98,6 +98,6 @@ def test_delegation_keeps_the_call_mode(plugin_dir: Path) -> None:
 @pytest.mark.reference
 def test_other_executables_still_run_as_processes(reference_dir: Path, netns: NetNS) -> None:
     conf = {"cniVersion": "1.0.0", "name": "pctnet", "type": "pct-main"}
-    assert not launcher.runs_here(str(reference_dir / "loopback"), "loopback")
+    assert launcher.runs_here(str(reference_dir / "loopback"), "loopback") is None
     result = delegate.add(_call_for(reference_dir, conf, "ADD", netns.path), "loopback")
     assert result.interfaces[0].name == "lo"

@@ -1,8 +1,8 @@
 """A plugin executable's side of a call: hand it to the resident agent, or run it here.
 
 Every launcher `pycni plugins install` writes calls `main`. It imports nothing but
-this module, `protocol` and modules the interpreter has already loaded, so a call
-served by the agent costs an interpreter start-up and one round trip.
+this module, `protocol`, `pycni.stdio` and modules the interpreter has already loaded,
+so a call served by the agent costs an interpreter start-up and one round trip.
 
 When the agent does not answer (no socket, connection refused, not root) or
 declines the call, the launcher runs the same `pycni.skel.dispatch` in-process:
@@ -24,16 +24,15 @@ from __future__ import annotations
 # Not `socket` and `os`: their imports (enum, selectors...) would cost every call
 # a few milliseconds; the builtin modules underneath do all a launcher needs.
 import _socket
-import sys
 from posix import environ as _environ  # os.environb
 
+from pycni import stdio
 from pycni.agent import protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-DEFAULT_SOCKET = "/run/pycni/agent.sock"
 SOCKET_ENV = "PYCNI_AGENT_SOCKET"  # overrides the socket a launcher was installed with
 USE_ENV = "PYCNI_AGENT"  # "off": always run in-process
 CONNECT_TIMEOUT = 2.0
@@ -46,15 +45,6 @@ SAFE_TO_REPEAT = (b"DEL", b"CHECK", b"GC", b"STATUS", b"VERSION", b"")
 
 class AgentLost(Exception):
     """The agent accepted the call and then stopped answering."""
-
-
-def read_stdin(command: str) -> bytes:
-    """The configuration on stdin; never block on a terminal for VERSION or the about text."""
-    if command == "" or sys.stdin is None:
-        return b""
-    if command == "VERSION" and sys.stdin.isatty():
-        return b""
-    return sys.stdin.buffer.read()
 
 
 def why_not_agent(env: dict[bytes, bytes]) -> str:
@@ -147,27 +137,19 @@ def _lost_add(plugin_type: str, command: str, why: str, stdin: bytes) -> tuple[i
     return outcome.code, outcome.stdout, outcome.stderr
 
 
-def _emit(code: int, stdout: bytes, stderr: bytes) -> NoReturn:
-    if stdout:
-        sys.stdout.buffer.write(stdout)
-        sys.stdout.buffer.flush()
-    if stderr:
-        sys.stderr.buffer.write(stderr)
-        sys.stderr.buffer.flush()
-    sys.exit(code)
-
-
-def main(plugin_type: str, socket_path: str = DEFAULT_SOCKET) -> NoReturn:
-    """Entry of a plugin executable."""
+def main(plugin_type: str, socket_path: str, module: str = "") -> NoReturn:
+    """Entry of a plugin executable: `socket_path` is the agent it was installed for, `module`
+    the plugin's module (resolved when the launcher was written)."""
     env = dict(_environ)
-    stdin = read_stdin(env.get(b"CNI_COMMAND", b"").decode(errors="replace"))
+    stdin = stdio.read_stdin(env.get(b"CNI_COMMAND", b"").decode(errors="replace"))
     path = env.get(SOCKET_ENV.encode()) or socket_path.encode()
     reason = why_not_agent(env)
     if not reason:
         answer = call_agent(path, plugin_type, env, stdin)
         if not isinstance(answer, str):
-            _emit(*answer)
+            stdio.emit(*answer)
         reason = answer
     from pycni import skel
 
-    skel.main(plugin_type, stdin=stdin, mode=skel.CallMode(agent_socket=path.decode(errors="replace"), agent_problem=reason))
+    mode = skel.CallMode(agent_socket=path.decode(errors="replace"), agent_problem=reason)
+    skel.main(plugin_type, stdin=stdin, mode=mode, module_name=module)

@@ -5,8 +5,8 @@ Each connection carries one call (`protocol`). The agent runs it with the same
 calls run concurrently; calls for one attachment (network, container ID,
 interface) wait for each other in arrival order (`ordering`). What stays warm
 between calls is what is expensive to build and holds no result: imported
-plugin modules, pyroute2, the libnftables context, datastore connections
-(`pycni.service.shared`).
+plugin modules, pyroute2, the libnftables context. A datastore connection is not
+among them: each call opens its own, once (`pycni.calico.cni`).
 
 Safety:
 - the socket is created mode 0600 (bound under a temporary name, then renamed),
@@ -34,10 +34,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from pycni import service, skel
+from pycni import registry, skel
 from pycni.agent import protocol
-from pycni.agent.client import DEFAULT_SOCKET
 from pycni.agent.ordering import AttachmentLines, Ticket
+from pycni.launcher import DEFAULT_AGENT_SOCKET
 from pycni.runtime.delegate import DELEGATED_ENV
 from pycni.spec.errors import CNIError, Code
 
@@ -129,14 +129,17 @@ class Agent:
 
     def __init__(
         self,
-        socket_path: str = DEFAULT_SOCKET,
+        socket_path: str = DEFAULT_AGENT_SOCKET,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         max_calls: int = DEFAULT_MAX_CALLS,
         resolve: Resolver = skel.plugin_module,
+        fault_injection: bool = False,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
         self.call_timeout = call_timeout
         self.resolve = resolve
+        # Tests only: honour a call's PYCNI_FAULT (`pycni.faults`), which may SIGKILL the agent.
+        self.fault_injection = fault_injection
         self.lines = AttachmentLines()
         self._slots = threading.BoundedSemaphore(max_calls)
         self._listener: socket.socket | None = None
@@ -176,6 +179,8 @@ class Agent:
             raise
         self._listener = listener
         log.info("pycni agent %d listening on %s (call timeout %gs)", os.getpid(), self.socket_path, self.call_timeout)
+        if self.fault_injection:
+            log.warning("fault injection is enabled: a call's PYCNI_FAULT may kill this agent (for tests only)")
 
     def serve_forever(self) -> None:
         """Accept connections until `stop`; each is served on its own thread."""
@@ -316,7 +321,7 @@ class Agent:
             call.started = True
         started = time.monotonic()
         command = call.env.get("CNI_COMMAND", "")
-        mode = skel.CallMode(via_agent=True, agent_socket=self.socket_path)
+        mode = skel.CallMode(via_agent=True, agent_socket=self.socket_path, fault_injection=self.fault_injection)
         try:
             outcome = skel.dispatch(call.plugin, call.env, call.stdin, mode)
         except BaseException as exc:  # even SystemExit: one call must never end the agent
@@ -373,8 +378,6 @@ class Agent:
 def warm_up() -> list[str]:
     """Import every plugin and what they share, once, before the first call; return
     the problems met (a plugin that does not import is reported, not fatal)."""
-    from pycni.plugins import registry
-
     problems = []
     for plugin_type in registry.discover():
         try:
@@ -423,5 +426,4 @@ def run(agent: Agent, grace: float | None = None) -> int:
     finally:
         notify_systemd("STOPPING=1")
         clean = agent.shutdown(grace)
-        service.discard_all()
     return 0 if clean else 1

@@ -1,5 +1,11 @@
 """What the `calico` and `calico-ipam` plugins share: the call's configuration, log and
-datastore, the host-wide IPAM lock, and the DEL journal's replay."""
+datastore, the host-wide IPAM lock, and the DEL journal's replay.
+
+A call is one pass: its configuration is parsed once and its datastore opened once, with the
+journal replayed once. When `calico` runs `calico-ipam` in its own process (a launcher of
+this installation in CNI_PATH), it hands its `Context` over (`pycni.runtime.delegate`), and
+calico-ipam works in it: same configuration, node name and identifiers, same open datastore.
+Run as a process (or as another installation), calico-ipam parses and connects on its own."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from pycni.calico.endpoints import Endpoints, Identifiers, identifiers
 from pycni.calico.ipam import IPAM
 from pycni.calico.journal import Entry, Journal
 from pycni.calico.resources import CLUSTER_INFORMATION, ResourceError, Resources
+from pycni.extras import MissingExtra
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
 
@@ -28,6 +35,9 @@ class Context:
     log: log.CalicoLog
     nodename: str
     ids: Identifiers
+    # The open datastore (journal replayed) while the call holds one (`datastore`); a
+    # calico-ipam run in-process by this call works in it.
+    store: Datastore | None = None
 
     @property
     def handle_id(self) -> str:
@@ -35,6 +45,12 @@ class Context:
 
 
 def context(call: CmdArgs, component: str) -> Context:
+    handed = call.handed_over
+    if isinstance(handed, Context) and handed.call.conf is call.conf:
+        # calico-ipam run in-process by calico: the configuration it parsed, its session.
+        return Context(
+            call, handed.conf, handed.log.for_component(component, call.log), handed.nodename, handed.ids, handed.store
+        )
     conf = config.parse(call.conf, call.env)
     logger = log.for_call(
         component,
@@ -86,12 +102,21 @@ def unavailable(exc: DatastoreUnavailable) -> CNIError:
 
 @contextmanager
 def datastore(ctx: Context) -> Iterator[Datastore]:
-    """The call's datastore, with any journaled releases for it replayed first."""
-    store = open_datastore(ctx.conf.datastore)
+    """The call's datastore, with any journaled releases for it replayed first; the one
+    open already when the call has it (handed over by the calico that runs this calico-ipam)."""
+    if ctx.store is not None:
+        yield ctx.store
+        return
+    try:
+        store = open_datastore(ctx.conf.datastore)
+    except MissingExtra as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, str(exc)) from None
     try:
         replay_journal(ctx, store)
+        ctx.store = store
         yield store
     finally:
+        ctx.store = None
         store.close()
 
 

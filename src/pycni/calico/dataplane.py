@@ -17,12 +17,10 @@ and a host veth left by an earlier sandbox of the same pod is replaced.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pycni import faults
 from pycni.net import attachment, sysctl
-from pycni.net.attachment import Address, Attachment, Link, Route, Sysctl
+from pycni.net.attachment import Address, Attachment, Creation, Link, Route, Settings, Sysctl, VethAttachment
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,20 +60,23 @@ class Workload:
         return any(a.version == version for a in self.addresses)
 
 
-@dataclass
-class Parts:
-    att: Attachment
-    container: Link
-    host: Link
-
-
-def describe(w: Workload, container_mac: str = "") -> Parts:
+def describe(w: Workload, container_mac: str = "") -> VethAttachment:
     """The workload's attachment; `container_mac` is what CHECK expects ("" at ADD)."""
     att = Attachment()
     queues = {"num_tx_queues": w.num_queues, "num_rx_queues": w.num_queues}
     container, host = att.veth(
-        Link(w.ifname, ns=w.netns, mtu=w.mtu, mac=container_mac, create=dict(queues), check_mtu=True),
-        Link(w.host_veth, mtu=w.mtu, mac=HOST_MAC, create=dict(queues), check_mtu=True, replace=True, alias=w.alias),
+        Link(
+            w.ifname,
+            ns=w.netns,
+            creation=Creation(create=dict(queues)),
+            settings=Settings(mtu=w.mtu, mac=container_mac, check_mtu=True),
+        ),
+        Link(
+            w.host_veth,
+            alias=w.alias,
+            creation=Creation(create=dict(queues), replace=True),
+            settings=Settings(mtu=w.mtu, mac=HOST_MAC, check_mtu=True),
+        ),
     )
     _sysctls(w, att, container, host)
     att.addresses += [Address(container, address) for address in w.host_addresses]
@@ -88,7 +89,7 @@ def describe(w: Workload, container_mac: str = "") -> Parts:
             att.routes.append(Route(dst, link=container, via_link_local=host))
     for address in w.host_addresses:
         att.routes.append(Route(address.network, scope=RT_SCOPE_LINK, link=host, exclusive=True))
-    return Parts(att, container, host)
+    return VethAttachment(att, host=host, container=container)
 
 
 def _sysctls(w: Workload, att: Attachment, container: Link, host: Link) -> None:
@@ -125,11 +126,11 @@ def _sysctls(w: Workload, att: Attachment, container: Link, host: Link) -> None:
         in_container("net/ipv6/conf/all/forwarding", forwarding)
 
 
-def remove(netns: str, ifname: str, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def remove(netns: str, ifname: str) -> None:
     """DEL: the container's interface, found by name, whatever it is (its veth peer and the
     host routes go with it); a missing namespace or interface is fine. The host end is not
     looked up by name: a newer sandbox of the same pod may own that name by now."""
     if netns:
         att = Attachment()
         att.add(Link(ifname, ns=netns, kind=""))
-        attachment.remove(att, env)
+        attachment.remove(att)

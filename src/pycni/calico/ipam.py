@@ -1,21 +1,17 @@
-"""Calico IPAM: pools cut into blocks, blocks claimed by nodes through affinities.
+"""Calico IPAM's allocator: pools cut into blocks, blocks claimed by nodes through affinities.
 
-The flow is libcalico-go's (lib/ipam):
+The policy is libcalico-go's (lib/ipam); the records it reads and writes, with their
+compare-and-swap and retry loop, are `pycni.calico.blocks` (ipam_block_reader_writer):
 
 - a node first assigns from the blocks it has an affinity to;
-- when those are full it claims a free block of a pool that selects it: an
-  affinity is written `pending`, the block created with `affinity: host:<node>`,
-  and the affinity `confirmed` (a crashed claim leaves only a pending affinity,
-  which the next claim of that node re-uses or finds stale);
+- when those are full it claims a free block of a pool that selects it (the claim's
+  three writes are the block store's);
 - when no free block is left it borrows addresses from other nodes' blocks,
   unless `strictAffinity` is on;
 - every allocation is recorded in its block (the ordinal points at an attribute
   holding the handle and the node/pod/namespace/timestamp) and counted in its
   handle (`<network>.<containerID>`), so a release by handle finds every block;
 - a block that becomes empty and has no affinity is deleted.
-
-Every write is a compare-and-swap on the revision read; on a conflict the step
-is retried with fresh data (up to Calico's 100 times).
 """
 
 from __future__ import annotations
@@ -25,45 +21,28 @@ import hashlib
 import ipaddress
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pycni import faults
 from pycni.calico import model
-from pycni.calico.datastore import KV, Datastore, KeyExists, KeyNotFound, RevisionConflict
+from pycni.calico.blocks import RETRIES, BlockClaimConflict, BlockStore, NotEmpty, Retry, StaleAffinity, retrying
+from pycni.calico.datastore import KV, Datastore, KeyNotFound
 from pycni.calico.model import AllocationBlock, BlockAffinity, Handle, IPAddress, IPAMConfig, IPNetwork
 from pycni.calico.pools import Pool, PoolError, Pools
 from pycni.calico.resources import NODE, Resources
 from pycni.spec.errors import CNIError, Code
 
-T = TypeVar("T")
-RETRIES = 100
 DEFAULT_MAX_BLOCKS_PER_HOST = 20
 EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0
-
-
-class _Retry(Exception):
-    """A compare-and-swap lost a race: read again and retry."""
 
 
 class _NoFreeBlocks(Exception):
     pass
 
 
-class _BlockClaimConflict(Exception):
-    pass
-
-
-class _StaleAffinity(Exception):
-    pass
-
-
 class _BlockLimit(Exception):
-    pass
-
-
-class _NotEmpty(Exception):
     pass
 
 
@@ -117,17 +96,6 @@ class PoolUsage:
         return sum(b.in_use for b in self.blocks)
 
 
-def _retrying(fn: Callable[[], T], what: str) -> T:
-    """Run `fn` until it stops raising _Retry (a lost compare-and-swap), with a little jitter."""
-    for attempt in range(RETRIES):
-        try:
-            return fn()
-        except _Retry:
-            if attempt > 2:
-                time.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-    raise CNIError(Code.TRY_AGAIN_LATER, f"Max retries hit - excessive concurrent IPAM requests ({what})")
-
-
 def random_blocks(pool: Pool, host: str) -> Iterator[IPNetwork]:
     """Every block of the pool once, from a start that depends on the host (Calico's
     randomBlockGenerator): concurrent nodes start in different places, one node always
@@ -145,128 +113,36 @@ def random_blocks(pool: Pool, host: str) -> Iterator[IPNetwork]:
 class IPAM:
     def __init__(self, store: Datastore, env: Mapping[str, str] | None = None, log: Any = None) -> None:
         self.store = store
-        self.env = env or {}
+        self.env = env or {}  # CALICO_IPV4POOL_* and CALICO_IPV6POOL_*, for the default pools
         self.pools = Pools(store)
         self.log = log
-
-    def _debug(self, msg: str, *args: Any) -> None:
-        if self.log is not None:
-            self.log.debug(msg, *args)
+        self.records = BlockStore(store, log)
 
     # -- configuration -------------------------------------------------------
     def config(self) -> IPAMConfig:
-        kv = self.store.get(model.IPAM_CONFIG_KEY)
-        if kv is None:
-            default = IPAMConfig()
-            try:
-                self.store.create(model.IPAM_CONFIG_KEY, default.to_json())
-            except KeyExists:
-                kv = self.store.get(model.IPAM_CONFIG_KEY)
-            if kv is None:
-                return default
-        return IPAMConfig.from_json(kv.value)
+        return self.records.config()
 
     def set_config(self, cfg: IPAMConfig) -> None:
         if not cfg.strict_affinity and not cfg.auto_allocate_blocks:
             raise ValueError("Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time")
         if cfg.max_blocks_per_host > 0 and not cfg.strict_affinity:
             raise ValueError("MaxBlocksPerHost requires StrictAffinity to be enabled")
-
-        def write() -> None:
-            kv = self.store.get(model.IPAM_CONFIG_KEY)
-            try:
-                if kv is None:
-                    self.store.create(model.IPAM_CONFIG_KEY, cfg.to_json())
-                else:
-                    self.store.update(model.IPAM_CONFIG_KEY, cfg.to_json(), kv.revision)
-            except (KeyExists, RevisionConflict):
-                raise _Retry from None
-
-        _retrying(write, "IPAM configuration")
+        self.records.set_config(cfg)
 
     def node_labels(self, host: str) -> dict[str, str]:
         node = Resources(self.store, NODE).get(host)
         labels = ((node or {}).get("metadata") or {}).get("labels") or {}
         return {str(k): str(v) for k, v in labels.items()}
 
-    # -- low-level reads and writes --------------------------------------------
-    def _get_block(self, cidr: IPNetwork) -> tuple[AllocationBlock, KV] | None:
-        kv = self.store.get(model.block_key(cidr))
-        return None if kv is None else (AllocationBlock.from_json(kv.value), kv)
-
-    def _update_block(self, block: AllocationBlock, kv: KV) -> KV:
-        block.sequence_number += 1
-        try:
-            return self.store.update(kv.key, block.to_json(), kv.revision)
-        except (RevisionConflict, KeyNotFound):
-            raise _Retry from None
-
-    def _delete_block(self, kv: KV) -> None:
-        try:
-            self.store.delete(kv.key, kv.revision)
-        except KeyNotFound:
-            pass
-        except RevisionConflict:
-            raise _Retry from None
-
-    def _get_affinity(self, host: str, cidr: IPNetwork) -> tuple[BlockAffinity, KV] | None:
-        kv = self.store.get(model.affinity_key(host, cidr))
-        return None if kv is None else (BlockAffinity.from_json(kv.value), kv)
-
-    def _write_affinity(self, aff: BlockAffinity, kv: KV) -> KV:
-        try:
-            return self.store.update(kv.key, aff.to_json(), kv.revision)
-        except (RevisionConflict, KeyNotFound):
-            raise _Retry from None
-
-    def _delete_affinity(self, kv: KV) -> None:
-        try:
-            self.store.delete(kv.key, kv.revision)
-        except (KeyNotFound, RevisionConflict):
-            pass
-
+    # -- what there is -----------------------------------------------------------
     def affine_blocks(self, host: str, version: int) -> list[IPNetwork]:
-        out = []
-        for kv in self.store.list(model.host_affinities_prefix(host, version)):
-            parsed = model.parse_affinity_key(kv.key)
-            if parsed is not None:
-                out.append(parsed[1])
-        return out
+        return self.records.affine_blocks(host, version)
 
     def blocks(self, version: int | None = None) -> list[AllocationBlock]:
-        return [AllocationBlock.from_json(kv.value) for kv in self.store.list(model.blocks_prefix(version))]
+        return self.records.blocks(version)
 
     def handles(self) -> dict[str, tuple[Handle, KV]]:
-        return {
-            kv.key[len(model.HANDLES_PREFIX) :]: (Handle.from_json(kv.value), kv) for kv in self.store.list(model.HANDLES_PREFIX)
-        }
-
-    def _change_handle(self, handle_id: str, cidr: IPNetwork, delta: int, drop: bool = False) -> None:
-        """Add `delta` addresses in `cidr` to the handle (or forget the block, with `drop`)."""
-
-        def write() -> None:
-            kv = self.store.get(model.handle_key(handle_id))
-            handle = Handle() if kv is None else Handle.from_json(kv.value)
-            if delta > 0:
-                handle.increment(cidr, delta)
-            else:
-                if kv is None:
-                    return
-                if drop or handle.block.get(str(cidr), 0) <= -delta:
-                    handle.block.pop(str(cidr), None)
-                else:
-                    handle.decrement(cidr, -delta)
-            try:
-                if kv is None:
-                    self.store.create(model.handle_key(handle_id), handle.to_json())
-                elif handle.empty():
-                    self.store.delete(kv.key, kv.revision)
-                else:
-                    self.store.update(kv.key, handle.to_json(), kv.revision)
-            except (KeyExists, KeyNotFound, RevisionConflict):
-                raise _Retry from None
-
-        _retrying(write, f"handle {handle_id}")
+        return self.records.handles()
 
     # -- pools -------------------------------------------------------------------
     def _pools_for(self, requested: list[IPNetwork], version: int, host: str) -> list[Pool]:
@@ -292,62 +168,6 @@ class IPAM:
         return chosen
 
     # -- claiming blocks ---------------------------------------------------------
-    def _confirm_affinity(self, aff_kv: KV) -> None:
-        try:
-            self.store.update(aff_kv.key, BlockAffinity(model.STATE_CONFIRMED).to_json(), aff_kv.revision)
-        except (RevisionConflict, KeyNotFound):
-            current = self.store.get(aff_kv.key)
-            if current is None or BlockAffinity.from_json(current.value).state != model.STATE_CONFIRMED:
-                raise _Retry from None
-
-    def _pending_affinity(self, host: str, cidr: IPNetwork) -> KV:
-        key = model.affinity_key(host, cidr)
-        try:
-            return self.store.create(key, BlockAffinity(model.STATE_PENDING).to_json())
-        except KeyExists:
-            found = self._get_affinity(host, cidr)
-            if found is None:
-                raise _Retry from None
-            aff, kv = found
-            if aff.state != model.STATE_CONFIRMED:
-                return self._write_affinity(BlockAffinity(model.STATE_PENDING), kv)
-            return kv
-
-    def _claim_affine_block(self, aff_kv: KV, host: str, cidr: IPNetwork) -> tuple[AllocationBlock, KV]:
-        block = AllocationBlock.new(cidr, time.time_ns())
-        block.affinity = f"host:{host}"
-        block.affinity_claim_time = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            kv = self.store.create(model.block_key(cidr), block.to_json())
-        except KeyExists:
-            found = self._get_block(cidr)
-            if found is None:
-                raise _Retry from None
-            if found[0].affinity == block.affinity:
-                self._confirm_affinity(aff_kv)
-                return found
-            self._delete_affinity(aff_kv)
-            raise _BlockClaimConflict(str(cidr)) from None
-        self._confirm_affinity(aff_kv)
-        if self.log is not None:
-            self.log.info("Claimed IPAM block %s for node %s", cidr, host)
-        return block, kv
-
-    def _block_from_affinity(self, aff: BlockAffinity, aff_kv: KV, host: str, cidr: IPNetwork) -> tuple[AllocationBlock, KV]:
-        found = self._get_block(cidr)
-        if found is None:
-            aff_kv = self._write_affinity(BlockAffinity(model.STATE_PENDING), aff_kv)
-            return self._claim_affine_block(aff_kv, host, cidr)
-        block, kv = found
-        if block.affinity != f"host:{host}":
-            self._delete_affinity(aff_kv)
-            raise _StaleAffinity(str(cidr))
-        if aff.state not in (model.STATE_CONFIRMED, ""):
-            aff_kv = self._write_affinity(BlockAffinity(model.STATE_PENDING), aff_kv)
-            kv = self._update_block(block, kv)
-            self._confirm_affinity(aff_kv)
-        return block, kv
-
     def _find_usable_block(self, host: str, version: int, pools: list[Pool]) -> IPNetwork:
         existing = {b.cidr: b for b in self.blocks(version)}
         empty: list[AllocationBlock] = []
@@ -367,8 +187,8 @@ class IPAM:
             if not block.host:
                 return block.cidr
             try:
-                self.release_block_affinity(block.host, block.cidr, require_empty=True, sequence=block.sequence_number)
-            except (_BlockClaimConflict, _NotEmpty, _Retry, KeyNotFound):
+                self.records.release_block_affinity(block.host, block.cidr, require_empty=True, sequence=block.sequence_number)
+            except (BlockClaimConflict, NotEmpty, Retry, KeyNotFound):
                 continue
             return block.cidr
         raise _NoFreeBlocks
@@ -378,16 +198,16 @@ class IPAM:
             cidr = state.affine.pop(0)
 
             def try_affine(cidr: IPNetwork = cidr) -> tuple[AllocationBlock, KV] | None:
-                found = self._get_affinity(state.host, cidr)
+                found = self.records.affinity(state.host, cidr)
                 if found is None:
                     return None
                 try:
-                    block, kv = self._block_from_affinity(found[0], found[1], state.host, cidr)
-                except (_StaleAffinity, _BlockClaimConflict):
+                    block, kv = self.records.block_from_affinity(found[0], found[1], state.host, cidr)
+                except (StaleAffinity, BlockClaimConflict):
                     return None
                 return (block, kv) if block.num_free() else None
 
-            got = _retrying(try_affine, f"affine block {cidr}")
+            got = retrying(try_affine, f"affine block {cidr}")
             if got is not None:
                 return got[0], got[1], False
         if not state.allow_new_claim:
@@ -398,14 +218,14 @@ class IPAM:
             cidr = self._find_usable_block(state.host, state.version, state.pools)
 
             def claim(cidr: IPNetwork = cidr) -> tuple[AllocationBlock, KV] | None:
-                aff_kv = self._pending_affinity(state.host, cidr)
+                aff_kv = self.records.pending_affinity(state.host, cidr)
                 aff = BlockAffinity.from_json(aff_kv.value)
                 try:
-                    return self._block_from_affinity(aff, aff_kv, state.host, cidr)
-                except (_BlockClaimConflict, _StaleAffinity):
+                    return self.records.block_from_affinity(aff, aff_kv, state.host, cidr)
+                except (BlockClaimConflict, StaleAffinity):
                     return None
 
-            got = _retrying(claim, f"claim of block {cidr}")
+            got = retrying(claim, f"claim of block {cidr}")
             if got is not None:
                 if got[0].num_free():
                     return got[0], got[1], True
@@ -416,7 +236,7 @@ class IPAM:
         self, cidr: IPNetwork, num: int, handle_id: str | None, attrs: dict[str, str], host: str, strict: bool
     ) -> list[IPAddress]:
         def attempt() -> list[IPAddress]:
-            found = self._get_block(cidr)
+            found = self.records.block(cidr)
             if found is None:
                 return []
             block, kv = found
@@ -424,21 +244,11 @@ class IPAM:
                 ips = block.auto_assign(num, handle_id, attrs, f"host:{host}", strict)
             except ValueError:
                 return []
-            if not ips:
-                return []
-            if handle_id is not None:
-                self._change_handle(handle_id, cidr, len(ips))
-                faults.checkpoint(self.env, "handle-written")
-            try:
-                self._update_block(block, kv)
-            except _Retry:
-                if handle_id is not None:
-                    self._change_handle(handle_id, cidr, -len(ips))
-                raise
-            faults.checkpoint(self.env, "address-allocated")
+            if ips:
+                self.records.allocate(block, kv, handle_id, len(ips))
             return ips
 
-        return _retrying(attempt, f"assignment from block {cidr}")
+        return retrying(attempt, f"assignment from block {cidr}")
 
     # -- public operations ---------------------------------------------------------
     def auto_assign(
@@ -529,30 +339,21 @@ class IPAM:
         cidr = pool.block_of(ip)
 
         def attempt() -> None:
-            found = self._get_block(cidr)
+            found = self.records.block(cidr)
             if found is None:
-                aff_kv = self._pending_affinity(host, cidr)
+                aff_kv = self.records.pending_affinity(host, cidr)
                 try:
-                    found = self._claim_affine_block(aff_kv, host, cidr)
-                except _BlockClaimConflict:
-                    raise _Retry from None
+                    found = self.records.claim_affine_block(aff_kv, host, cidr)
+                except BlockClaimConflict:
+                    raise Retry from None
             block, kv = found
             try:
                 block.assign(ip, handle_id, attrs, f"host:{host}", config.strict_affinity)
             except ValueError as exc:
                 raise CNIError(Code.CONFLICT, f"cannot assign {ip}: {exc}") from None
-            if handle_id is not None:
-                self._change_handle(handle_id, cidr, 1)
-                faults.checkpoint(self.env, "handle-written")
-            try:
-                self._update_block(block, kv)
-            except _Retry:
-                if handle_id is not None:
-                    self._change_handle(handle_id, cidr, -1)
-                raise
-            faults.checkpoint(self.env, "address-allocated")
+            self.records.allocate(block, kv, handle_id, 1)
 
-        _retrying(attempt, f"assignment of {ip}")
+        retrying(attempt, f"assignment of {ip}")
 
     def _block_for_ip(self, ip: IPAddress, pools: list[Pool]) -> IPNetwork | None:
         pool = self.pools.containing(ip, pools)
@@ -577,7 +378,7 @@ class IPAM:
         for cidr, members in by_block.items():
 
             def attempt(cidr: IPNetwork = cidr, members: list[IPAddress] = members) -> tuple[list[IPAddress], dict[str, int]]:
-                found = self._get_block(cidr)
+                found = self.records.block(cidr)
                 if found is None:
                     return members, {}
                 block, kv = found
@@ -587,30 +388,27 @@ class IPAM:
                     raise CNIError(Code.CONFLICT, str(exc)) from None
                 if len(missing) == len(members):
                     return missing, {}
-                if block.empty() and block.affinity is None:
-                    self._delete_block(kv)
-                else:
-                    self._update_block(block, kv)
+                self.records.store_block(block, kv)
                 return missing, counts
 
-            missing, counts = _retrying(attempt, f"release from block {cidr}")
+            missing, counts = retrying(attempt, f"release from block {cidr}")
             unallocated.extend(missing)
             for handle, count in counts.items():
-                self._change_handle(handle, cidr, -count)
+                self.records.change_handle(handle, cidr, -count)
         return unallocated
 
     def release_by_handle(self, handle_id: str) -> list[IPAddress]:
         """Free every address held by the handle; KeyNotFound when the handle does not exist."""
         handle_id = model.sanitize_handle(handle_id)
-        kv = self.store.get(model.handle_key(handle_id))
-        if kv is None:
+        handle = self.records.handle(handle_id)
+        if handle is None:
             raise KeyNotFound(model.handle_key(handle_id))
         released: list[IPAddress] = []
-        for text in Handle.from_json(kv.value).block:
+        for text in handle.block:
             cidr = ipaddress.ip_network(text)
 
             def attempt(cidr: IPNetwork = cidr) -> list[IPAddress]:
-                found = self._get_block(cidr)
+                found = self.records.block(cidr)
                 if found is None:
                     return []
                 block, block_kv = found
@@ -618,26 +416,23 @@ class IPAM:
                 if not ips:
                     return []
                 block.release_by_handle(handle_id)
-                if block.empty() and block.affinity is None:
-                    self._delete_block(block_kv)
-                else:
-                    self._update_block(block, block_kv)
+                self.records.store_block(block, block_kv)
                 return ips
 
-            ips = _retrying(attempt, f"release of handle {handle_id}")
+            ips = retrying(attempt, f"release of handle {handle_id}")
             released.extend(ips)
-            faults.checkpoint(self.env, "address-released")
+            faults.checkpoint("address-released")
             # A handle may overcount (an interrupted assignment): forget blocks that hold nothing for it.
-            self._change_handle(handle_id, cidr, -len(ips), drop=not ips)
+            self.records.change_handle(handle_id, cidr, -len(ips), drop=not ips)
         return released
 
     def ips_by_handle(self, handle_id: str) -> list[IPAddress]:
-        kv = self.store.get(model.handle_key(handle_id))
-        if kv is None:
+        handle = self.records.handle(handle_id)
+        if handle is None:
             return []
         out: list[IPAddress] = []
-        for text in Handle.from_json(kv.value).block:
-            found = self._get_block(ipaddress.ip_network(text))
+        for text in handle.block:
+            found = self.records.block(ipaddress.ip_network(text))
             if found is not None:
                 out.extend(found[0].ips_by_handle(handle_id))
         return out
@@ -645,34 +440,11 @@ class IPAM:
     def assignment(self, ip: IPAddress) -> model.Attribute | None:
         """The attribute (handle and owner) of an allocated address, None when it is free."""
         cidr = self._block_for_ip(ip, self.pools.all())
-        found = None if cidr is None else self._get_block(cidr)
+        found = None if cidr is None else self.records.block(cidr)
         return None if found is None else found[0].attribute_of(ip)
 
     def release_block_affinity(self, host: str, cidr: IPNetwork, require_empty: bool, sequence: int | None = None) -> None:
-        found_aff = self._get_affinity(host, cidr)
-        if found_aff is None:
-            raise KeyNotFound(model.affinity_key(host, cidr))
-        _, aff_kv = found_aff
-        found = self._get_block(cidr)
-        if found is None:
-            self._delete_affinity(aff_kv)
-            return
-        block, kv = found
-        if sequence is not None and block.sequence_number != sequence:
-            raise _Retry
-        if block.affinity is not None and block.affinity != f"host:{host}":
-            self._delete_affinity(aff_kv)
-            raise _BlockClaimConflict(str(cidr))
-        if require_empty and not block.empty():
-            raise _NotEmpty(str(cidr))
-        aff_kv = self._write_affinity(BlockAffinity(model.STATE_PENDING_DELETION), aff_kv)
-        if block.empty():
-            self._delete_block(kv)
-        else:
-            block.affinity = None
-            block.affinity_claim_time = None
-            self._update_block(block, kv)
-        self._delete_affinity(aff_kv)
+        self.records.release_block_affinity(host, cidr, require_empty, sequence)
 
     def utilization(self) -> list[PoolUsage]:
         usage = [PoolUsage(p.name, p.cidr) for p in self.pools.all()]

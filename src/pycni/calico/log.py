@@ -113,6 +113,10 @@ class CalicoLog:
             self.component, _NAMES.get(self.level, "info").lower(), self.file, self.fallback, {**self.fields, **fields}
         )
 
+    def for_component(self, component: str, fallback: logging.LoggerAdapter[logging.Logger] | logging.Logger | None) -> CalicoLog:
+        """The same file, level and fields for another component's lines (calico-ipam's in calico's call)."""
+        return CalicoLog(component, _NAMES.get(self.level, "info").lower(), self.file, fallback, self.fields)
+
     def _emit(self, level: int, msg: str, args: tuple[Any, ...]) -> None:
         if level < self.level:
             return

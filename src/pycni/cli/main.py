@@ -6,8 +6,9 @@
     pycni version [--plugin TYPE]
     pycni plugins install DIR [TYPE ...] [--agent-socket PATH]
     pycni plugins list
+    pycni install-cni [--cni-bin-dir DIR ...] [--agent-socket PATH]   (Calico's install-cni)
     pycni netns add|del NAME
-    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] ...
+    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] [--enable-fault-injection] ...
 
 The environment is cnitool's: NETCONFPATH (default /etc/cni/net.d), CNI_PATH,
 CNI_IFNAME (default eth0), CNI_ARGS, CAP_ARGS (JSON), and CNI_CACHE_DIR (default
@@ -29,6 +30,7 @@ from pycni.spec import jsonfmt
 from pycni.spec.errors import CNIError, Code
 
 DEFAULT_NETCONFPATH = "/etc/cni/net.d"
+DEFAULT_BIN_DIR = "/opt/cni/bin"
 
 
 def container_id_for(netns: str) -> str:
@@ -185,8 +187,7 @@ def cmd_version(opts: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_plugins(opts: argparse.Namespace, env: Env) -> int:
-    from pycni import launcher
-    from pycni.plugins import registry
+    from pycni import launcher, registry
 
     if opts.action == "list":
         found = registry.discover()
@@ -199,6 +200,27 @@ def cmd_plugins(opts: argparse.Namespace, env: Env) -> int:
     except OSError as exc:
         raise CNIError(Code.IO_FAILURE, f"cannot install plugins into {opts.dir}: {exc.strerror}") from None
     print(jsonfmt.dumps(written) if opts.json else "\n".join(written))
+    return 0
+
+
+def cmd_install_cni(opts: argparse.Namespace, env: Env) -> int:
+    """Calico's install-cni: the launchers into the CNI bin directory, the configuration from
+    its template (the environment says which and fills its placeholders)."""
+    from pycni.cli import install_cni
+
+    try:
+        path, text, written = install_cni.install(dict(os.environ), opts.cni_bin_dir or [DEFAULT_BIN_DIR], opts.agent_socket)
+    except install_cni.InstallError as exc:
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"install-cni: {exc}", "nothing was written") from None
+    except OSError as exc:
+        raise CNIError(Code.IO_FAILURE, f"install-cni: {exc.filename}: {exc.strerror}") from None
+    if opts.json:
+        print(jsonfmt.dumps({"conflist": path, "launchers": written}))
+    else:
+        print(f"Installed {len(written)} plugin launchers; created {path}:", file=sys.stderr)
+        print(text)
+    if os.environ.get("SLEEP", "false").lower() == "true":
+        install_cni.sleep_until_stopped()
     return 0
 
 
@@ -223,7 +245,9 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
     log_file = opts.log_file or logs.env_file(os.environ)
     logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
-    agent = server.Agent(opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls)
+    agent = server.Agent(
+        opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection
+    )
     try:
         return server.run(agent)
     except RuntimeError as exc:
@@ -283,7 +307,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="N", help="rotate the log at this size")
     p.add_argument("--log-backups", type=int, default=5, metavar="N", help="rotated logs kept")
+    p.add_argument(
+        "--enable-fault-injection",
+        action="store_true",
+        help="for tests: honour a call's PYCNI_FAULT and PYCNI_FAULT_TRACE (pycni.faults), which can kill the agent",
+    )
     p.set_defaults(func=cmd_agent)
+    p = sub.add_parser(
+        "install-cni",
+        help="as Calico's install-cni: plugin launchers into the CNI bin directory, the network configuration from a template",
+    )
+    p.add_argument(
+        "--cni-bin-dir", action="append", metavar="DIR", help=f"where the launchers go (repeatable; default {DEFAULT_BIN_DIR})"
+    )
+    p.add_argument(
+        "--agent-socket",
+        default=_default_socket(),
+        metavar="PATH",
+        help="the agent socket the launchers hand calls to (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_install_cni)
     p = sub.add_parser("netns", help="create or delete a named network namespace")
     p.add_argument("action", choices=("add", "del"))
     p.add_argument("name")
@@ -311,9 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _default_socket() -> str:
-    from pycni.agent.client import DEFAULT_SOCKET
+    from pycni.launcher import DEFAULT_AGENT_SOCKET
 
-    return DEFAULT_SOCKET
+    return DEFAULT_AGENT_SOCKET
 
 
 def _err_version() -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pycni import extras
 from pycni.flannel.lease import SUBNET_TTL, Lease, from_kv, parse_key
 
 T = TypeVar("T")
@@ -74,9 +75,10 @@ def _endpoints(text: str) -> list[tuple[bool, str, int]]:
 
 class Registry:
     def __init__(self, options: EtcdOptions) -> None:
-        import grpc
-        import pyetcd
-        from pyetcd import exceptions
+        feature = "flanneld's subnet registry in etcd"
+        grpc = extras.require("grpc", "etcd", feature)
+        pyetcd = extras.require("pyetcd", "etcd", feature)
+        exceptions = extras.require("pyetcd.exceptions", "etcd", feature)
 
         self.options = options
         self.prefix = "/" + options.prefix.strip("/")

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from pycni.extras import MissingExtra
 from pycni.flannel import config as netconfig
 from pycni.flannel import flags, iface, subnetenv
 from pycni.flannel.daemon import Flanneld, LeaseRevoked, Options, StartupError, acquire, device_macs
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     try:
         registry = Registry(options)
-    except (ValueError, EtcdUnavailable) as exc:
+    except (ValueError, EtcdUnavailable, MissingExtra) as exc:
         log.error("%s", exc)
         return 1
     try:

@@ -15,9 +15,8 @@ syntax) to take back the subnet it had.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 
+from pycni import files
 from pycni.flannel.config import NetworkConfig
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
@@ -41,22 +40,7 @@ def render(
 
 
 def write(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".subnet.env.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    files.replace_file(path, text.encode(), 0o644, fsync=True)
 
 
 def read(path: str) -> dict[str, str]:

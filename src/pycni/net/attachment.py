@@ -30,7 +30,7 @@ Usage (a veth pair with the container end configured, as bridge, ptp and calico 
 
     att = Attachment()
     br = att.add(Link("cni0", kind="bridge", shared=True))
-    host, cont = att.veth(Link("", master=br), Link("eth0", ns=netns_path))
+    host, cont = att.veth(Link("", port=BridgePort(br)), Link("eth0", ns=netns_path))
     att.addresses.append(Address(cont, ip_interface("10.22.0.2/16")))
     att.routes.append(Route(ip_network("0.0.0.0/0"), gw=ip_address("10.22.0.1"), link=cont))
     att.sysctls.append(Sysctl("net/ipv4/conf/{link}/arp_notify", "1", link=cont))
@@ -44,18 +44,23 @@ routes to the container through the host end that no other device may have
 link-scoped route to 169.254.1.1, a default route via it and an IPv6 default route via
 the host end's link-local address (`Route(..., link=cont, via_link_local=host)`). Its
 host end has a fixed name, and a leftover of an earlier sandbox is replaced
-(`Link(..., replace=True)`).
+(`Link(..., creation=Creation(replace=True))`).
 
-Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind`, `parent`
-(the host link they are made from, looked up in the host namespace, or in `ns` itself with
-`parent_in_ns`, the reference's linkInContainer) and kind-specific `create` attributes
-(pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are created from the host socket
-directly in `ns`, under their final name. A setting pyroute2 cannot send at creation (macvlan's
-bcqueuelen) is a `finish` step, run once the link exists. host-device is a `Link` with
-`device` (an existing host interface): ADD moves it into `ns` under `name` in one request (its
-host name kept as its alias), DEL and a failed ADD move it back under `device`. A link netlink cannot create
-(a tap needs an ioctl inside the namespace) gets a `maker`; its `mtu` and `mac` are then set
-as any link's are at creation.
+A `Link` says which link it is (name, namespace, kind, shared or owned, its veth peer and
+owner alias), how ADD makes it (`Creation`), what ADD sets on it and CHECK compares
+(`Settings`: MTU, MAC, up, promiscuous...), the bridge it is a port of (`BridgePort`), and,
+once applied, what the kernel reported (index, MAC).
+
+Links of other types (macvlan, ipvlan, vlan, dummy) are a `Link` with `kind` and a
+`Creation` with `parent` (the host link they are made from, looked up in the host namespace,
+or in `ns` itself with `parent_in_ns`, the reference's linkInContainer) and kind-specific
+`create` attributes (pyroute2 keywords, e.g. {"macvlan_mode": "bridge"}); they are created
+from the host socket directly in `ns`, under their final name. A setting pyroute2 cannot send
+at creation (macvlan's bcqueuelen) is a `finish` step, run once the link exists. host-device
+is a `Link` whose `Creation` has `device` (an existing host interface): ADD moves it into
+`ns` under `name` in one request (its host name kept as its alias), DEL and a failed ADD move
+it back under `device`. A link netlink cannot create (a tap needs an ioctl inside the
+namespace) gets a `maker`; its `mtu` and `mac` are then set as any link's are at creation.
 
 One netlink socket is opened per namespace per call; namespaced sysctls are written on
 one worker thread per namespace (`pycni.net.netns.run_in`). There is no module state:
@@ -67,7 +72,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,38 +90,64 @@ NAME_ATTEMPTS = 10
 HOST_NS = "/proc/self/ns/net"  # plugin threads stay in the host namespace (pycni.net.netns)
 
 
-@dataclass(eq=False)
-class Link:
-    """A network interface. `name=""` asks ADD to generate one ("veth" + 8 hex digits)."""
+@dataclass
+class Creation:
+    """How ADD makes a link that is not there: a veth pair in one request (`Link.peer`), a
+    link made from a `parent` (macvlan, ipvlan, vlan), a host `device` moved in, or a
+    `maker` for what netlink cannot create (a tap)."""
 
-    name: str
-    ns: str | None = None  # namespace path; None is the host
-    kind: str = "veth"  # the type it is created as and must have; "" accepts any
-    shared: bool = False  # ensured (created when missing), never removed
-    peer: Link | None = None  # veth: the other end, created in the same request
     parent: str = ""  # macvlan/ipvlan/vlan: the host link it is made from
     parent_in_ns: bool = False  # the parent is in `ns`, not in the host (linkInContainer)
     create: dict[str, Any] = field(default_factory=dict)  # kind-specific RTM_NEWLINK attributes
     device: str = ""  # host-device: the host interface that is moved in as this link
     maker: Callable[[Link], None] | None = None  # creates the link when netlink cannot
     finish: Callable[[Link], None] | None = None  # settings netlink cannot send at creation
+    replace: bool = False  # a link of this name and kind already there is deleted first (a leftover)
+
+
+@dataclass
+class Settings:
+    """What ADD sets on the device, and CHECK compares."""
+
     mtu: int = 0  # at creation; 0 leaves the kernel's
     check_mtu: bool = False  # CHECK compares the MTU (off by default: tuning may change it)
     mac: str = ""  # at creation, and what CHECK expects; "" leaves the kernel's
-    master: Link | None = None  # the bridge (same namespace) it is a port of
     up: bool = True
     promisc: bool = False  # turned on, never off (a shared bridge)
-    port: dict[str, int] = field(default_factory=dict)  # bridge port flags, links.PORT_FLAGS keys
-    vlans: list[tuple[int, bool, bool]] = field(default_factory=list)  # bridge port (vid, pvid, untagged)
-    drop_default_vlan: bool = False  # remove the port's VLANs before adding `vlans`
     pin_mac: bool = False  # keep the MAC it had before ADD: a bridge stops following its ports' MACs
     settle: bool = False  # wait for IPv6 duplicate address detection before adding routes
     wait_up: bool = False  # ADD waits for operstate UP (a bridge port whose peer is up)
-    replace: bool = False  # a link of this name and kind already there is deleted first (a leftover)
+
+
+@dataclass
+class BridgePort:
+    """A link that is a port of a bridge in its namespace."""
+
+    master: Link
+    flags: dict[str, int] = field(default_factory=dict)  # links.PORT_FLAGS keys
+    vlans: list[tuple[int, bool, bool]] = field(default_factory=list)  # (vid, pvid, untagged)
+    drop_default_vlan: bool = False  # remove the port's VLANs before adding `vlans`
+
+
+@dataclass(eq=False)
+class Link:
+    """A network interface: which one it is (name, namespace, kind, owner), how ADD makes it,
+    its device settings, the bridge it is a port of, and what the kernel reported for it.
+    `name=""` asks ADD to generate one ("veth" + 8 hex digits)."""
+
+    # Which link this is.
+    name: str
+    ns: str | None = None  # namespace path; None is the host
+    kind: str = "veth"  # the type it is created as and must have; "" accepts any
+    shared: bool = False  # ensured (created when missing), never removed
+    peer: Link | None = None  # veth: the other end, created in the same request
     # Whose link this is ("<tag> <owner>"), set right after creation (the kernel ignores an alias in
     # RTM_NEWLINK). `replace` spares a leftover whose alias has the same tag and another owner:
     # that is another attachment whose generated name collides with this one's.
     alias: str = ""
+    creation: Creation = field(default_factory=Creation)
+    settings: Settings = field(default_factory=Settings)
+    port: BridgePort | None = None
     # What the kernel reports, filled by apply():
     index: int = 0
     actual_mac: str = ""
@@ -124,6 +155,10 @@ class Link:
 
     def where(self) -> str:
         return f"{self.name or self.kind} in {self.ns}" if self.ns else f"{self.name or self.kind}"
+
+    @property
+    def master(self) -> Link | None:
+        return self.port.master if self.port is not None else None
 
 
 @dataclass(eq=False)
@@ -203,12 +238,22 @@ class Attachment:
         first.kind = second.kind = "veth"
         first.peer, second.peer = second, first
         for end in (first, second):
-            end.create.setdefault("txqlen", 0)
+            end.creation.create.setdefault("txqlen", 0)
         self.links += [first, second]
         return first, second
 
     def addresses_of(self, link: Link) -> list[Address]:
         return [a for a in self.addresses if a.link is link]
+
+
+@dataclass
+class VethAttachment:
+    """An attachment made around a veth pair, with the two ends its result names (bridge, ptp,
+    calico): their names and MACs are known once `apply` has run."""
+
+    att: Attachment
+    host: Link
+    container: Link
 
 
 def _undo(fn: Callable[..., object], *args: Any) -> Callable[[], None]:
@@ -242,15 +287,14 @@ def _sockets() -> Iterator[_Sockets]:
 # -- ADD -------------------------------------------------------------------------
 
 
-def apply(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def apply(att: Attachment) -> None:
     """Create and configure everything; on failure undo what this call created and raise.
-    `env` is the call's environment: a fault-injection test may kill the call between
-    two steps (`pycni.faults`: link-created, sysctls-written, addressed, routes-added,
-    rules-applied)."""
+    A fault-injection test may kill the call between two steps (`pycni.faults`:
+    link-created, sysctls-written, addressed, routes-added, rules-applied)."""
     undo: list[Callable[[], None]] = []
     with _sockets() as sock:
         try:
-            _apply(att, sock, undo, env)
+            _apply(att, sock, undo)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -260,7 +304,7 @@ def apply(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
             raise
 
 
-def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env: Mapping[str, str]) -> None:
+def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]]) -> None:
     for link in att.links:
         if link.shared and link.name:
             _ensure_shared(sock, link)
@@ -269,22 +313,22 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env:
         if not link.shared and not link.index and id(link) not in created:
             _create(sock, link, undo)
             created.update({id(link), id(link.peer)})
-            faults.checkpoint(env, "link-created")
+            faults.checkpoint("link-created")
     _write_sysctls(att.sysctls)
     if att.sysctls:  # a step that did nothing is no boundary
-        faults.checkpoint(env, "sysctls-written")
+        faults.checkpoint("sysctls-written")
     for link in att.links:
         if link.index:  # a shared link's peer that was there already is left alone
             _configure(sock(link.ns), link)
     for address in att.addresses:
         _add_address(sock(address.link.ns), address, undo)
     if att.addresses:
-        faults.checkpoint(env, "addressed")
+        faults.checkpoint("addressed")
     for link in att.links:
-        if link.pin_mac:
+        if link.settings.pin_mac:
             _pin_mac(sock(link.ns), link)
     for link in att.links:
-        if link.settle and any(a.address.version == 6 for a in att.addresses_of(link)):
+        if link.settings.settle and any(a.address.version == 6 for a in att.addresses_of(link)):
             addrs.settle(sock(link.ns), link.index, link.name)
     for route in att.routes:
         via = route.via_link_local
@@ -294,21 +338,21 @@ def _apply(att: Attachment, sock: _Sockets, undo: list[Callable[[], None]], env:
         if not route.shared and route.link.shared:
             undo.append(_undo(_delete_route, sock, route))
     if att.routes:
-        faults.checkpoint(env, "routes-added")
+        faults.checkpoint("routes-added")
     for link in att.links:
         if not link.index:
             continue
         ipr = sock(link.ns)
-        msg = links.wait_oper_up(ipr, link.index) if link.wait_up else links.by_index(ipr, link.index)
+        msg = links.wait_oper_up(ipr, link.index) if link.settings.wait_up else links.by_index(ipr, link.index)
         if msg is not None:
             link.actual_mac = links.mac(msg)
-            if link.wait_up and not links.oper_up(msg):
+            if link.settings.wait_up and not links.oper_up(msg):
                 state = msg.get_attr("IFLA_OPERSTATE")
                 raise CNIError(Code.KERNEL, f"bridge port in error state: {state} ({link.where()})")
     for rules in att.rules:
         rules.apply()
         undo.append(rules.remove)
-        faults.checkpoint(env, "rules-applied")
+        faults.checkpoint("rules-applied")
 
 
 def _lookup(ipr: IPRoute, link: Link) -> Any:
@@ -333,18 +377,18 @@ def _ensure_shared(sock: _Sockets, link: Link) -> None:
 
 
 def _create_spec(ipr: IPRoute, link: Link) -> dict[str, Any]:
-    spec: dict[str, Any] = {"ifname": link.name, "kind": link.kind, **link.create}
-    if link.mtu:
-        spec["mtu"] = link.mtu
-    if link.mac:
-        spec["address"] = link.mac
+    spec: dict[str, Any] = {"ifname": link.name, "kind": link.kind, **link.creation.create}
+    if link.settings.mtu:
+        spec["mtu"] = link.settings.mtu
+    if link.settings.mac:
+        spec["address"] = link.settings.mac
     if link.master is not None and link.master.index:
         spec["master"] = link.master.index
-    if link.parent:
-        parent = links.get(ipr, link.parent)
+    if link.creation.parent:
+        parent = links.get(ipr, link.creation.parent)
         if parent is None:
-            where = link.ns if link.parent_in_ns else "the host"
-            msg = f"parent link {link.parent!r} of {link.where()} does not exist in {where}"
+            where = link.ns if link.creation.parent_in_ns else "the host"
+            msg = f"parent link {link.creation.parent!r} of {link.where()} does not exist in {where}"
             raise CNIError(Code.INVALID_NETWORK_CONFIG, msg)
         spec["link"] = parent["index"]
     return spec
@@ -352,24 +396,24 @@ def _create_spec(ipr: IPRoute, link: Link) -> dict[str, Any]:
 
 def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
     """Create an owned link (a veth pair in one request) and register its removal."""
-    if link.device:
+    if link.creation.device:
         _take_device(sock, link, undo)
         return
-    if link.maker is not None:
-        link.maker(link)
+    if link.creation.maker is not None:
+        link.creation.maker(link)
         ipr = sock(link.ns)
         if _lookup(ipr, link) is None:
             raise CNIError(Code.KERNEL, f"link {link.where()} was not created")
         undo.append(_undo(_destroy, ipr, link))
-        attrs = {k: v for k, v in (("mtu", link.mtu), ("address", link.mac)) if v}
+        attrs = {k: v for k, v in (("mtu", link.settings.mtu), ("address", link.settings.mac)) if v}
         if attrs:
             links.set_attrs(ipr, link.index, f"failed to set the mtu/mac of {link.where()}", **attrs)
         _finish(link)
         return
     for end in (link, link.peer):
-        if end is not None and end.replace and end.name:
+        if end is not None and end.creation.replace and end.name:
             _replace(sock(end.ns), end)
-    from_ns = None if link.parent and not link.parent_in_ns else link.ns
+    from_ns = None if link.creation.parent and not link.creation.parent_in_ns else link.ns
     ipr = sock(from_ns)
     generated = [end for end in (link, link.peer) if end is not None and not end.name]
     for _attempt in range(NAME_ATTEMPTS):
@@ -379,13 +423,17 @@ def _create(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
         peer_ns = None
         if link.peer is not None:
             peer = link.peer
-            spec["peer"] = {"ifname": peer.name, **peer.create, **({"mtu": peer.mtu} if peer.mtu else {})}
-            if peer.mac:
-                spec["peer"]["address"] = peer.mac
+            spec["peer"] = {
+                "ifname": peer.name,
+                **peer.creation.create,
+                **({"mtu": peer.settings.mtu} if peer.settings.mtu else {}),
+            }
+            if peer.settings.mac:
+                spec["peer"]["address"] = peer.settings.mac
             if peer.ns != link.ns:  # placed by IFLA_NET_NS_FD; the host is this process's namespace
                 peer_ns = peer.ns if peer.ns is not None else HOST_NS
         try:
-            if link.parent and link.ns is not None and link.ns != from_ns:
+            if link.creation.parent and link.ns is not None and link.ns != from_ns:
                 _create_in(ipr, spec, link.ns, link)
             else:
                 links.create(ipr, spec, peer_ns, what=f"failed to make {link.kind} {link.where()}")
@@ -425,8 +473,8 @@ def _destroy(ipr: IPRoute, link: Link) -> None:
 
 
 def _finish(link: Link) -> None:
-    if link.finish is not None:
-        link.finish(link)
+    if link.creation.finish is not None:
+        link.creation.finish(link)
 
 
 def _replace(ipr: IPRoute, link: Link) -> None:
@@ -449,14 +497,21 @@ def _replace(ipr: IPRoute, link: Link) -> None:
 def _take_device(sock: _Sockets, link: Link, undo: list[Callable[[], None]]) -> None:
     """Move a host interface into the link's namespace under the link's name, in one request."""
     host = sock(None)
-    msg = links.get(host, link.device)
+    msg = links.get(host, link.creation.device)
     if msg is None:
-        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"host device {link.device!r} does not exist")
+        raise CNIError(Code.INVALID_NETWORK_CONFIG, f"host device {link.creation.device!r} does not exist")
     if link.ns is not None and links.get(sock(link.ns), link.name) is not None:
         raise CNIError(Code.CONFLICT, f"an interface named {link.name!r} already exists in {link.ns}")
-    _move(host, msg["index"], link.ns or HOST_NS, link.name, f"moving {link.device} into {link.ns}", alias=link.device)
+    _move(
+        host,
+        msg["index"],
+        link.ns or HOST_NS,
+        link.name,
+        f"moving {link.creation.device} into {link.ns}",
+        alias=link.creation.device,
+    )
     if _lookup(sock(link.ns), link) is None:
-        raise CNIError(Code.KERNEL, f"{link.device} did not arrive in {link.ns} as {link.name}")
+        raise CNIError(Code.KERNEL, f"{link.creation.device} did not arrive in {link.ns} as {link.name}")
     undo.append(_undo(_give_back, sock, link))
 
 
@@ -475,7 +530,7 @@ def _give_back(sock: _Sockets, link: Link) -> None:
     ipr = sock(link.ns)
     msg = links.get(ipr, link.name)
     if msg is not None:
-        _move(ipr, msg["index"], HOST_NS, link.device, f"giving {link.name} back to the host as {link.device}")
+        _move(ipr, msg["index"], HOST_NS, link.creation.device, f"giving {link.name} back to the host as {link.creation.device}")
     link.index = 0
 
 
@@ -522,20 +577,25 @@ def _configure(ipr: IPRoute, link: Link) -> None:
     msg = links.by_index(ipr, link.index)
     if msg is None:
         raise CNIError(Code.KERNEL, f"link {link.where()} disappeared")
-    if link.master is not None and links.master(msg) != link.master.index:
-        what = f"failed to connect {link.name!r} to bridge {link.master.name}"
-        links.set_attrs(ipr, link.index, what, master=link.master.index)
-    if link.port:
-        links.set_port_flags(ipr, link.index, link.port, f"failed to set bridge port flags of {link.name!r}")
-    if link.drop_default_vlan:
-        links.remove_vlans(ipr, link.index, f"failed to remove default vlan on interface {link.name!r}")
-    for vid, pvid, untagged in link.vlans:
-        links.add_vlan(ipr, link.index, vid, pvid, untagged, f"failed to setup vlan tag on interface {link.name!r}")
-    if link.promisc and not links.is_promisc(msg):
+    if link.port is not None:
+        _configure_port(ipr, link, link.port, msg)
+    if link.settings.promisc and not links.is_promisc(msg):
         what = f"could not set promiscuous mode on {link.name!r}"
         links.set_attrs(ipr, link.index, what, flags=links.IFF_PROMISC, change=links.IFF_PROMISC)
-    if link.up and not links.is_up(msg):
+    if link.settings.up and not links.is_up(msg):
         links.set_attrs(ipr, link.index, f"failed to set {link.name!r} up", state="up")
+
+
+def _configure_port(ipr: IPRoute, link: Link, port: BridgePort, msg: Any) -> None:
+    if links.master(msg) != port.master.index:
+        what = f"failed to connect {link.name!r} to bridge {port.master.name}"
+        links.set_attrs(ipr, link.index, what, master=port.master.index)
+    if port.flags:
+        links.set_port_flags(ipr, link.index, port.flags, f"failed to set bridge port flags of {link.name!r}")
+    if port.drop_default_vlan:
+        links.remove_vlans(ipr, link.index, f"failed to remove default vlan on interface {link.name!r}")
+    for vid, pvid, untagged in port.vlans:
+        links.add_vlan(ipr, link.index, vid, pvid, untagged, f"failed to setup vlan tag on interface {link.name!r}")
 
 
 def _add_address(ipr: IPRoute, address: Address, undo: list[Callable[[], None]]) -> None:
@@ -599,8 +659,8 @@ def compare(att: Attachment) -> list[str]:
                 problems.append(f"{link.where()} is not a port of {link.master.name}")
             if link.peer is not None and id(link.peer) in found and links.peer_index(msg) != link.peer.index:
                 problems.append(f"{link.where()} is not the veth peer of {link.peer.where()}")
-            if link.parent:
-                problems += _parent_differences(sock(link.ns if link.parent_in_ns else None), link, msg)
+            if link.creation.parent:
+                problems += _parent_differences(sock(link.ns if link.creation.parent_in_ns else None), link, msg)
         for address in att.addresses:
             present = addrs.list_addresses(sock(address.link.ns), address.link.index) if id(address.link) in found else None
             if present is not None and address.address not in present:
@@ -623,12 +683,12 @@ def compare(att: Attachment) -> list[str]:
 
 
 def _parent_differences(ipr: IPRoute, link: Link, msg: Any) -> list[str]:
-    parent = links.get(ipr, link.parent)
-    where = link.ns if link.parent_in_ns else "the host"
+    parent = links.get(ipr, link.creation.parent)
+    where = link.ns if link.creation.parent_in_ns else "the host"
     if parent is None:
-        return [f"parent link {link.parent} of {link.where()} does not exist in {where}"]
+        return [f"parent link {link.creation.parent} of {link.where()} does not exist in {where}"]
     if links.peer_index(msg) != parent["index"]:
-        return [f"{link.where()} is not made from {link.parent} in {where}"]
+        return [f"{link.where()} is not made from {link.creation.parent} in {where}"]
     return []
 
 
@@ -659,23 +719,23 @@ def _link_differences(link: Link, msg: Any) -> list[str]:
     out = []
     if link.kind and links.kind(msg) != link.kind:
         out.append(f"{link.where()} is a {links.kind(msg) or 'device'}, not a {link.kind}")
-    elif link.create:  # what it was created with, as the kernel reports it (a macvlan's mode)
+    elif link.creation.create:  # what it was created with, as the kernel reports it (a macvlan's mode)
         data = links.info_data(msg)
-        for key, want in link.create.items():
+        for key, want in link.creation.create.items():
             got = data.get_attr("IFLA_" + key.upper()) if data is not None else None
             if got is not None and got != want:
                 out.append(f"{link.where()}: {key} is {got}, expected {want}")
-    if link.mac and links.mac(msg).lower() != link.mac.lower():
-        out.append(f"{link.where()} has MAC {links.mac(msg)}, expected {link.mac}")
+    if link.settings.mac and links.mac(msg).lower() != link.settings.mac.lower():
+        out.append(f"{link.where()} has MAC {links.mac(msg)}, expected {link.settings.mac}")
     mtu = int(msg.get_attr("IFLA_MTU") or 0)
-    if link.check_mtu and link.mtu and mtu != link.mtu:
-        out.append(f"{link.where()} has MTU {mtu}, expected {link.mtu}")
-    if link.up and not links.is_up(msg):
+    if link.settings.check_mtu and link.settings.mtu and mtu != link.settings.mtu:
+        out.append(f"{link.where()} has MTU {mtu}, expected {link.settings.mtu}")
+    if link.settings.up and not links.is_up(msg):
         out.append(f"{link.where()} is down")
-    if link.promisc and not links.is_promisc(msg):
+    if link.settings.promisc and not links.is_promisc(msg):
         out.append(f"{link.where()} is not in promiscuous mode")
     actual = links.port_flags(msg)
-    for key, want in link.port.items():
+    for key, want in (link.port.flags if link.port is not None else {}).items():
         if actual.get(key, 0) != want:
             out.append(f"{link.where()}: bridge port {links.PORT_FLAGS[key]} is {actual.get(key, 0)}, expected {want}")
     return out
@@ -684,9 +744,9 @@ def _link_differences(link: Link, msg: Any) -> list[str]:
 # -- DEL -------------------------------------------------------------------------
 
 
-def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def remove(att: Attachment) -> None:
     """Delete what the attachment owns; what is already gone is fine. A fault-injection
-    test may kill the call after a link or a rule set is removed (`env`, as for `apply`)."""
+    test may kill the call after a link or a rule set is removed (as for `apply`)."""
     with _sockets() as sock:
         gone: set[int] = set()
         for link in att.links:
@@ -701,12 +761,12 @@ def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
             if link.kind and links.kind(msg) != link.kind:
                 log.warning("not deleting %s: it is a %s, not a %s", link.where(), links.kind(msg), link.kind)
                 continue
-            if link.device:
+            if link.creation.device:
                 _give_back(sock, link)
                 continue
             links.delete(ipr, msg["index"])
             gone.update({id(link), id(link.peer)})
-            faults.checkpoint(env, "link-removed")
+            faults.checkpoint("link-removed")
         for address in att.addresses:
             if address.link.shared and not address.shared:
                 msg = links.get(sock(address.link.ns), address.link.name)
@@ -720,4 +780,4 @@ def remove(att: Attachment, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
                     addrs.delete_route(sock(route.link.ns), route.fields())
     for rules in att.rules:
         rules.remove()
-        faults.checkpoint(env, "rules-removed")
+        faults.checkpoint("rules-removed")

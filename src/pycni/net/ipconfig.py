@@ -39,7 +39,7 @@ def add_addresses(att: Attachment, link: Link, ips: list[res.IPConfig], noprefix
     added = [Address(link, ip.address, noprefixroute=noprefixroute) for ip in ips]
     att.addresses += added
     if 6 in first_gateways(ips):
-        link.settle = True
+        link.settings.settle = True
     return added
 
 

@@ -21,11 +21,11 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pycni import files
 from pycni.net import nft
 from pycni.net.addrs import IPInterface
 
@@ -96,11 +96,7 @@ def _read_record(instance: str) -> dict[int, str] | None:
 
 
 def _write_record(instance: str, rules: dict[int, str]) -> None:
-    os.makedirs(RECORDS, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RECORDS, prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"rules": sorted(rules.items())}, fh)
-    os.replace(tmp, _record_path(instance))
+    files.replace_file(_record_path(instance), json.dumps({"rules": sorted(rules.items())}).encode())
 
 
 def _drop_record(instance: str) -> None:

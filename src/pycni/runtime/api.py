@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.runtime import cache, invoke
-from pycni.spec import gokeys, jsonfmt, names
+from pycni.spec import gc, gokeys, jsonfmt, names
 from pycni.spec import version as versions
 from pycni.spec.args import format_pairs
 from pycni.spec.config import NetworkConfigList
@@ -20,10 +20,6 @@ from pycni.spec.result import Result
 _CAPABILITIES = gokeys.fold("capabilities")
 
 log = logging.getLogger("pycni.runtime")
-
-VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
-# libcni sends the list under the key an earlier draft of the spec used as well.
-LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"
 
 
 @dataclass
@@ -244,8 +240,7 @@ class CNIConfig:
                 )
         if net.disable_gc or not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "1.1.0"):
             return errors
-        attachments = [{"containerID": c, "ifname": i} for c, i in (args.valid_attachments if args else [])]
-        extra = {VALID_ATTACHMENTS_KEY: attachments, LEGACY_ATTACHMENTS_KEY: attachments}
+        extra: dict[str, Any] = dict(gc.request_fields(args.valid_attachments if args else []))
         for plugin in net.plugins:
             try:
                 plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)

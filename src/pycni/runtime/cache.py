@@ -13,10 +13,10 @@ import base64
 import binascii
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni import files
 from pycni.spec import jsonfmt
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
@@ -87,20 +87,7 @@ def encode(entry: CachedAttachment) -> bytes:
 def write(cache_dir: str, entry: CachedAttachment) -> str:
     """Write atomically (a reader never sees half a file), 0600 in a 0700 directory."""
     path = cache_path(cache_dir, entry.network, entry.container_id, entry.ifname)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encode(entry))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    files.replace_file(path, encode(entry), 0o600, dir_mode=0o700)
     return path
 
 

@@ -8,18 +8,22 @@ caller's log. Used by every main plugin that has an `ipam` section:
     delegate.delete(call, ipam_type)            # DEL, CHECK, GC and STATUS forward too
 
 When the executable found in CNI_PATH is a launcher of this very installation
-(`pycni.launcher.runs_here`), the delegated call is dispatched in this process
-(same environment with CNI_COMMAND set, same stdin): that is exactly what the
-launcher would run, without a process start and its imports, whether the caller
-runs in the agent or in a launcher of its own. Anything else (the Go reference
-plugins, another installation's launchers) is executed as the spec says.
+(`pycni.launcher.runs_here`), the delegated call runs in this process
+(`pycni.skel.run_delegated`): exactly what the launcher would run, without a
+process start, its imports and a second parse of the configuration, whether the
+caller runs in the agent or in a launcher of its own. Its result and its error come
+back as objects, and the caller may hand it what it holds already (`handover`:
+calico gives calico-ipam its open datastore session). Anything else (the Go
+reference plugins, another installation's launchers) is executed as the spec says,
+and answers in JSON.
 """
 
 from __future__ import annotations
 
-from pycni import launcher
+from pycni import launcher, skel
 from pycni.runtime import invoke
-from pycni.skel import CmdArgs, dispatch
+from pycni.skel import CmdArgs
+from pycni.spec import jsonfmt
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import Result
 
@@ -29,14 +33,7 @@ from pycni.spec.result import Result
 DELEGATED_ENV = "PYCNI_DELEGATED_CALL"
 
 
-def _execute(call: CmdArgs, plugin_type: str, plugin_path: str, env: dict[str, str], stdin: bytes) -> invoke.Execution:
-    if launcher.runs_here(plugin_path, plugin_type):
-        outcome = dispatch(plugin_type, env, stdin, call.mode)
-        return invoke.Execution(outcome.stdout, outcome.stderr, outcome.code)
-    return invoke.execute(plugin_path, stdin, {**env, DELEGATED_ENV: "1"})
-
-
-def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> invoke.Execution:
+def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None, handover: object) -> Result | None:
     if not call.path:
         raise CNIError(
             Code.INVALID_ENVIRONMENT_VARIABLES,
@@ -45,37 +42,46 @@ def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None) -> 
     plugin_path = invoke.find_in_path(plugin_type, call.path)
     env = dict(call.env)
     env["CNI_COMMAND"] = command
-    execution = _execute(call, plugin_type, plugin_path, env, call.stdin if stdin is None else stdin)
+    data = call.stdin if stdin is None else stdin
+    module = launcher.runs_here(plugin_path, plugin_type)
+    if module is not None:
+        conf = call.conf if data is call.stdin else None
+        try:
+            return skel.run_delegated(plugin_type, module, env, data, call.mode, conf, handover)
+        except CNIError as err:
+            raise CNIError(err.code, f"{plugin_type}: {err.msg}", err.details) from None
+    execution = invoke.execute(plugin_path, data, {**env, DELEGATED_ENV: "1"})
     if execution.stderr:
         call.log.info("%s %s stderr: %s", plugin_type, command, execution.stderr.decode(errors="replace").strip())
     if execution.returncode != 0:
-        err = invoke.error_from(execution, plugin_path)
-        raise CNIError(err.code, f"{plugin_type}: {err.msg}", err.details)
-    return execution
+        failed = invoke.error_from(execution, plugin_path)
+        raise CNIError(failed.code, f"{plugin_type}: {failed.msg}", failed.details)
+    if command != "ADD":
+        return None
+    answer = jsonfmt.loads_object(execution.stdout, f"result of {plugin_type}")
+    if not answer.get("cniVersion"):
+        answer["cniVersion"] = call.cni_version
+    return Result.from_dict(answer)
 
 
-def add(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> Result:
+def add(call: CmdArgs, plugin_type: str, stdin: bytes | None = None, handover: object = None) -> Result:
     """ADD through the delegated plugin; its result, in the canonical model."""
-    from pycni.spec import jsonfmt
-
-    execution = _run(call, plugin_type, "ADD", stdin)
-    data = jsonfmt.loads_object(execution.stdout, f"result of {plugin_type}")
-    if not data.get("cniVersion"):
-        data["cniVersion"] = call.cni_version
-    return Result.from_dict(data)
+    result = _run(call, plugin_type, "ADD", stdin, handover)
+    assert result is not None  # an ADD that succeeds has a result
+    return result
 
 
-def delete(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
-    _run(call, plugin_type, "DEL", stdin)
+def delete(call: CmdArgs, plugin_type: str, stdin: bytes | None = None, handover: object = None) -> None:
+    _run(call, plugin_type, "DEL", stdin, handover)
 
 
-def check(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
-    _run(call, plugin_type, "CHECK", stdin)
+def check(call: CmdArgs, plugin_type: str, stdin: bytes | None = None, handover: object = None) -> None:
+    _run(call, plugin_type, "CHECK", stdin, handover)
 
 
-def gc(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
-    _run(call, plugin_type, "GC", stdin)
+def gc(call: CmdArgs, plugin_type: str, stdin: bytes | None = None, handover: object = None) -> None:
+    _run(call, plugin_type, "GC", stdin, handover)
 
 
-def status(call: CmdArgs, plugin_type: str, stdin: bytes | None = None) -> None:
-    _run(call, plugin_type, "STATUS", stdin)
+def status(call: CmdArgs, plugin_type: str, stdin: bytes | None = None, handover: object = None) -> None:
+    _run(call, plugin_type, "STATUS", stdin, handover)

@@ -17,6 +17,7 @@ added (routes are one type in libcni and keep theirs).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -378,6 +379,17 @@ class Result:
     def convert(self, version: str) -> Result:
         """A copy of this result as libcni's GetAsVersion(version) would give it."""
         return Result.from_dict(self.to_dict(version))
+
+    def in_version(self, version: str) -> Result:
+        """This result as a reader of its rendering in `version` gets it: the result itself
+        when that shape keeps all of it (no copy: what a plugin hands to the one that
+        delegated to it in-process), else the conversion."""
+        keeps_all = version in V1_VERSIONS or (
+            version in V04_VERSIONS and not any(i.mtu or i.socket_path or i.pci_id for i in self.interfaces)
+        )
+        if not keeps_all:
+            return self.convert(version)
+        return self if self.cni_version == version else dataclasses.replace(self, cni_version=version)
 
     def copy(self) -> Result:
         return copy.deepcopy(self)

@@ -438,11 +438,13 @@ def test_vlan_gateway_is_described_as_the_reference_builds_it() -> None:
     conf = bridge.load_conf(call)
     result = Result(ips=[IPConfig(address=ipaddress.ip_interface("10.22.0.2/16"))])
     parts = bridge.describe(conf, call, result)
-    assert parts.bridge.create == {"br_vlan_filtering": 1}
-    assert parts.host.vlans == [(100, True, True)] and parts.host.drop_default_vlan
+    assert parts.bridge.creation.create == {"br_vlan_filtering": 1}
+    assert parts.host.port is not None
+    assert parts.host.port.vlans == [(100, True, True)] and parts.host.port.drop_default_vlan
     gateway = parts.vlan_gateway
     assert gateway is not None and gateway.name == "pctbrv.100" and gateway.shared
-    assert gateway.peer is not None and gateway.peer.master is parts.bridge and gateway.peer.vlans == [(100, True, True)]
+    assert gateway.peer is not None and gateway.peer.port is not None and gateway.peer.master is parts.bridge
+    assert gateway.peer.port.vlans == [(100, True, True)]
     addresses = [(a.link.name, str(a.address)) for a in parts.att.addresses if a.link.ns is None]
     assert addresses == [("pctbrv.100", "10.22.0.1/16")]
 

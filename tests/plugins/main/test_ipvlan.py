@@ -85,7 +85,7 @@ def test_the_ipvlan_is_described_as_the_reference_makes_it(mode: str, value: int
     call = plugin_call("ipvlan", variant(V4, master=master, mode=mode, mtu=1400, linkInContainer=False))
     plan = ipvlan.plan(call)
     link = plan.link
-    assert (link.name, link.ns, link.kind, link.parent, link.parent_in_ns, link.mtu) == (
+    assert (link.name, link.ns, link.kind, link.creation.parent, link.creation.parent_in_ns, link.settings.mtu) == (
         IFNAME,
         call.netns,
         "ipvlan",

@@ -76,7 +76,7 @@ def test_the_vlan_is_described_as_the_reference_makes_it(masters: Callable[..., 
     call = plugin_call("vlan", variant(DUAL, master=master))
     plan = vlan.plan(call)
     link = plan.link
-    assert (link.kind, link.parent, link.mtu, plan.mtu_checked, plan.notify) == ("vlan", master, 1400, True, ())
+    assert (link.kind, link.creation.parent, link.settings.mtu, plan.mtu_checked, plan.notify) == ("vlan", master, 1400, True, ())
     request = creation_request(link)
     assert ("IFLA_INFO_DATA", {"attrs": [("IFLA_VLAN_ID", 4094)]}) in request["IFLA_LINKINFO"]["attrs"]
     assert request["txqlen"] == 0  # IFLA_TXQLEN, as the reference's netlink.LinkAttrs literal asks

@@ -259,5 +259,5 @@ def creation_request(link: Link) -> dict[str, Any]:
     netlink.netlink_error()  # loads pyroute2 the way pycni does
     from pyroute2.iproute.linux import get_arguments_processor
 
-    request = get_arguments_processor("link", "add", {"ifname": link.name, "kind": link.kind, **link.create})
+    request = get_arguments_processor("link", "add", {"ifname": link.name, "kind": link.kind, **link.creation.create})
     return dict(request.items())

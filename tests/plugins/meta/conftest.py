@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pycni.plugins import registry
+from pycni import registry
 from pycni.runtime import CNIConfig, RuntimeConf
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.result import Result

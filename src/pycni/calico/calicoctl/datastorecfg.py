@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from pycni import extras
 from pycni.calico.datastore import EMBEDDED, DatastoreSettings
 
 DEFAULT_CONFIG = "/etc/calico/calicoctl.cfg"
@@ -39,7 +40,7 @@ class ConfigError(ValueError):
 def load(path: str, env: Mapping[str, str]) -> DatastoreSettings:
     settings = DatastoreSettings(kind=EMBEDDED)
     if os.path.exists(path):
-        import yaml
+        yaml: Any = extras.require("yaml", "calico", "calicoctl's configuration file")
 
         try:
             with open(path) as fh:

@@ -34,6 +34,7 @@ from pycni.calico.policy import k8s
 from pycni.calico.policy.model import K8S_POLICY_PREFIX
 from pycni.calico.pools import PoolError
 from pycni.calico.resources import ResourceError, ValidationError
+from pycni.extras import MissingExtra
 from pycni.spec.errors import CNIError
 
 
@@ -540,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except (DatastoreError, CNIError) as exc:
+    except (DatastoreError, CNIError, MissingExtra) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(text)

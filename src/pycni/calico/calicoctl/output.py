@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pycni import extras
 from pycni.calico.calicoctl.kinds import order_resource_spec
 
 _META_ORDER = ["name", "generateName", "namespace", "uid", "resourceVersion", "creationTimestamp", "labels", "annotations"]
@@ -37,10 +38,14 @@ def to_json(value: Any) -> str:
     return json.dumps(value, indent=2) + "\n"
 
 
-def to_yaml(value: Any) -> str:
-    import yaml
+def _yaml() -> Any:
+    return extras.require("yaml", "calico", "calicoctl's YAML")
 
-    class Dumper(yaml.SafeDumper):  # type: ignore[misc]
+
+def to_yaml(value: Any) -> str:
+    yaml = _yaml()
+
+    class Dumper(yaml.SafeDumper):  # type: ignore[misc,name-defined]
         def choose_scalar_style(self) -> Any:
             style = super().choose_scalar_style()
             return '"' if style == "'" else style
@@ -50,7 +55,7 @@ def to_yaml(value: Any) -> str:
 
 def load_documents(text: str, source: str) -> list[dict[str, Any]]:
     """Every resource in a YAML or JSON file (several documents, or `<Kind>List` objects)."""
-    import yaml
+    yaml = _yaml()
 
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]

@@ -8,7 +8,8 @@ which would force an event loop into every plugin call; `etcd3gw` talks to the
 JSON gateway and cannot carry a revision compare in a typed transaction as
 cleanly. grpc costs ~80 ms to import, so this module (and grpc with it) is loaded
 only when a configuration names etcdv3: a plugin call on the embedded store never
-pays for it.
+pays for it. The client and grpc come with `pycni[etcd]`; without them this datastore is
+refused, naming the extra (`pycni.extras`).
 
 Every write is one etcd transaction comparing the key's create or mod revision,
 so a stale writer fails with RevisionConflict and retries with fresh data.
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pycni import extras
 from pycni.calico.datastore.base import (
     KV,
     Datastore,
@@ -78,9 +80,10 @@ class EtcdDatastore(Datastore):
     kind = "etcdv3"
 
     def __init__(self, settings: EtcdSettings) -> None:
-        import grpc
-        import pyetcd
-        from pyetcd import exceptions as etcd_errors
+        feature = "the etcdv3 datastore"
+        grpc = extras.require("grpc", "etcd", feature)
+        pyetcd = extras.require("pyetcd", "etcd", feature)
+        etcd_errors = extras.require("pyetcd.exceptions", "etcd", feature)
 
         self._grpc = grpc
         self._errors: tuple[type[BaseException], ...] = (etcd_errors.Etcd3Exception, grpc.RpcError)

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from pycni.extras import MissingExtra
+
 PROBES = ("felix-ready", "felix-live", "bird-ready", "bird-live", "bird6-ready", "bird6-live")
 LEVELS = {
     "debug": logging.DEBUG,
@@ -225,7 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if flags & set(PROBES):
         return probe(flags, threshold)
     _setup_logging(dict(os.environ))
-    return run_daemon("startup" in flags, cleanup)
+    try:
+        return run_daemon("startup" in flags, cleanup)
+    except MissingExtra as exc:
+        logging.getLogger("calico-node").error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

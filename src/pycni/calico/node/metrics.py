@@ -3,13 +3,14 @@ FELIX_PROMETHEUSMETRICSENABLED=true, served on FELIX_PROMETHEUSMETRICSHOST (all 
 when empty):FELIX_PROMETHEUSMETRICSPORT (9091), as felix serves its own. Felix's names where
 felix has the metric; calico_node_* for the rest. Components may register their own metrics
 in `registry` (NodeContext.registry), e.g. the policy component's programming latency.
+prometheus-client is imported only when metrics are on: it comes with `pycni[calico]`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from pycni import extras
 
 
 class MetricsError(RuntimeError):
@@ -18,7 +19,11 @@ class MetricsError(RuntimeError):
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self._prometheus = prometheus = extras.require(
+            "prometheus_client", "calico", "calico-node's Prometheus metrics (FELIX_PROMETHEUSMETRICSENABLED)"
+        )
+        Counter, Gauge = prometheus.Counter, prometheus.Gauge
+        self.registry = prometheus.CollectorRegistry()
         r = self.registry
         self.local_endpoints = Gauge("felix_active_local_endpoints", "Number of active endpoints on this host.", registry=r)
         self.cluster_hosts = Gauge("felix_cluster_num_hosts", "Total number of Calico hosts in the cluster.", registry=r)
@@ -45,7 +50,7 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> Any:
         try:
-            return start_http_server(port, addr=host or "0.0.0.0", registry=self.registry)
+            return self._prometheus.start_http_server(port, addr=host or "0.0.0.0", registry=self.registry)
         except OSError as exc:
             where = f"{host or '0.0.0.0'}:{port}"
             raise MetricsError(

@@ -17,10 +17,10 @@ from pycni.calico.datastore import Datastore, DatastoreUnavailable, KeyNotFound
 from pycni.calico.ipam import IPAM, calico_timestamp
 from pycni.calico.model import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP, AllocationBlock, IPNetwork
 from pycni.calico.pools import Pools
-from pycni.plugins import common
 from pycni.skel import CmdArgs
 from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import IPConfig, Result
 
 ABOUT = "Calico CNI IPAM (pycni)"
@@ -136,7 +136,7 @@ def check(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     ctx = cni.context(call, "ipam")
-    valid = {container for container, _ifname in common.valid_attachments(call)}  # a handle is per container
+    valid = {container for container, _ifname in valid_attachments(call.conf.raw)}  # a handle is per container
     prefix = f"{ctx.conf.name}."
     try:
         with cni.datastore(ctx) as store, cni.ipam_lock(ctx.conf.ipam_lock_file):

@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 
 from pycni import faults
-from pycni.plugins.common import valid_attachments
 from pycni.plugins.ipam.hostlocal import allocator
 from pycni.plugins.ipam.hostlocal.config import Config, Requested, load
 from pycni.plugins.ipam.hostlocal.store import Store
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import DNS, IPAddress, Result
 
 ABOUT = "CNI host-local IPAM plugin (pycni)"
@@ -74,14 +74,14 @@ def add(call: CmdArgs) -> Result:
     if config.resolv_conf:
         result.dns = parse_resolv_conf(config.resolv_conf)
     taken: list[IPAddress] = []
-    with Store(config.data_dir, config.network, call.env) as store:
+    with Store(config.data_dir, config.network) as store:
         positions = [store.last_reserved(index) for index in range(len(config.range_sets))]
         try:
             for index, range_set in enumerate(config.range_sets):
                 got = allocator.allocate(store, range_set, index, call.container_id, call.ifname, requests[index])
                 taken.append(got.address.ip)
                 result.ips.append(got)
-                faults.checkpoint(call.env, "address-allocated")
+                faults.checkpoint("address-allocated")
         except BaseException as exc:
             # Give back every address and round-robin position: the store is as it was.
             for ip in taken:
@@ -109,13 +109,13 @@ def check(call: CmdArgs) -> None:
 
 def delete(call: CmdArgs) -> None:
     config = load(call, strict=False)
-    with Store(config.data_dir, config.network, call.env, create=False) as store:
+    with Store(config.data_dir, config.network, create=False) as store:
         store.release_attachment(call.container_id, call.ifname)
 
 
 def gc(call: CmdArgs) -> None:
     config = load(call, strict=False)
-    valid = valid_attachments(call)
+    valid = valid_attachments(call.conf.raw)
     valid_ids = {container_id for container_id, _ in valid}
     with Store(config.data_dir, config.network, create=False) as store:
         for ip, holder in store.allocations().items():

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.net import addrs, attachment, ipconfig, links, netlink, netns, sysctl
-from pycni.net.attachment import Attachment, Link, Sysctl
-from pycni.plugins import common
+from pycni.net.attachment import Attachment, Creation, Link, Settings, Sysctl
+from pycni.plugins import checking, delegation, request
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Interface, IPConfig, Result
 
 # Announce the interface's addresses when it comes up (gratuitous ARP, unsolicited NA): a
@@ -64,12 +65,21 @@ def commands(build: Callable[[CmdArgs], Plan]) -> tuple[Callable[[CmdArgs], Resu
     return add_command, check_command, delete_command, gc_command, status_command
 
 
-def sublink(call: CmdArgs, kind: str, master: str, in_container: bool, mtu: int, **settings: Any) -> Link:
-    """CNI_IFNAME in CNI_NETNS, made from `master` (in the host, or in the container), with a
-    transmit queue length of 0 as the reference makes it (Go netlink's LinkAttrs literal)."""
-    link = Link(call.ifname, ns=call.netns, kind=kind, parent=master, parent_in_ns=in_container, mtu=mtu, **settings)
-    link.create.setdefault("txqlen", 0)
-    return link
+def sublink(
+    call: CmdArgs,
+    kind: str,
+    master: str,
+    in_container: bool,
+    mtu: int,
+    create: dict[str, Any],
+    mac: str = "",
+    finish: Callable[[Link], None] | None = None,
+) -> Link:
+    """CNI_IFNAME in CNI_NETNS, made from `master` (in the host, or in the container) with the
+    kind's `create` attributes and a transmit queue length of 0 as the reference makes it (Go
+    netlink's LinkAttrs literal)."""
+    creation = Creation(parent=master, parent_in_ns=in_container, create={"txqlen": 0, **create}, finish=finish)
+    return Link(call.ifname, ns=call.netns, kind=kind, creation=creation, settings=Settings(mtu=mtu, mac=mac))
 
 
 def describe(plan: Plan, result: Result | None) -> Attachment:
@@ -144,28 +154,28 @@ def add(call: CmdArgs, plan: Plan) -> Result:
     prevResult's) and configure them; a failure undoes all of it. The interface comes first, as with the
     reference: a kernel without its link type fails before IPAM allocates anything. The
     result names the one interface (index 0)."""
-    common.require_netns(call)
+    request.require_netns(call)
     bare = Attachment(links=[*plan.others, plan.link])
-    attachment.apply(bare, call.env)
+    attachment.apply(bare)
     try:
-        with common.ipam_allocation(call, plan.ipam_type) as ipam_result:
+        with delegation.ipam_allocation(call, plan.ipam_type) as ipam_result:
             source = ipam_result or plan.given
             result = Result(cni_version=call.cni_version)
             if source is not None:
                 result.ips = [IPConfig(ip.address, ip.gateway, interface=0) for ip in source.ips]
                 result.routes, result.dns = list(source.routes), source.dns
-            attachment.apply(describe(plan, result), call.env)
+            attachment.apply(describe(plan, result))
     except BaseException:
         attachment.remove(bare)
         raise
     result.interfaces = [Interface(plan.link.name, mac=plan.link.actual_mac, sandbox=call.netns)]
-    result.dns = common.conf_dns(call) or result.dns
+    result.dns = request.conf_dns(call) or result.dns
     return result
 
 
 def prev_interface(call: CmdArgs, ipam_type: str) -> tuple[Result, Interface, list[IPConfig]]:
     """CHECK's start: IPAM's CHECK, the prevResult, its container interface and that interface's addresses."""
-    prev = common.check_prev_result(call, ipam_type)
+    prev = checking.check_prev_result(call, ipam_type)
     index = prev.container_interface(call.ifname, call.netns)
     assert index is not None  # check_prev_result made sure
     ips = [ip for ip in prev.ips if ip.interface in (None, index)]
@@ -175,13 +185,13 @@ def prev_interface(call: CmdArgs, ipam_type: str) -> tuple[Result, Interface, li
 def check(call: CmdArgs, plan: Plan) -> None:
     """Compare the container interface, its addresses and routes with the prevResult."""
     prev, interface, ips = prev_interface(call, plan.ipam_type)
-    plan.link.mac = interface.mac
+    plan.link.settings.mac = interface.mac
     expected = Result(cni_version=prev.cni_version, ips=ips, routes=prev.routes)
     problems = attachment.compare(describe(plan, expected))
-    if plan.mtu_checked and plan.link.mtu:
+    if plan.mtu_checked and plan.link.settings.mtu:
         problems += _mtu_differences(plan.link)
     if problems:
-        raise common.check_failed(call.plugin_type, problems)
+        raise checking.check_failed(call.plugin_type, problems)
 
 
 def _mtu_differences(link: Link) -> list[str]:
@@ -190,24 +200,24 @@ def _mtu_differences(link: Link) -> list[str]:
             msg = links.get(ipr, link.name)
     except netns.NetNSNotFound:
         return []  # compare() reported it
-    actual = int(msg.get_attr("IFLA_MTU") or 0) if msg is not None else link.mtu
-    return [] if actual == link.mtu else [f"{link.where()} has MTU {actual}, expected {link.mtu}"]
+    actual = int(msg.get_attr("IFLA_MTU") or 0) if msg is not None else link.settings.mtu
+    return [] if actual == link.settings.mtu else [f"{link.where()} has MTU {actual}, expected {link.settings.mtu}"]
 
 
 def delete(call: CmdArgs, plan: Plan) -> None:
     """Release the addresses, then remove the interface; what is gone already is fine."""
     try:
-        common.delegate_ipam(call, plan.ipam_type, "DEL")
+        delegation.delegate_ipam(call, plan.ipam_type, "DEL")
     finally:
         if call.netns:
-            attachment.remove(describe(plan, None), call.env)
+            attachment.remove(describe(plan, None))
 
 
 def gc(call: CmdArgs, ipam_type: str) -> None:
     """Nothing of ours outlives a container (its interface goes with its namespace): GC is IPAM's."""
-    common.valid_attachments(call)  # a malformed list is refused all the same
-    common.delegate_ipam(call, ipam_type, "GC")
+    valid_attachments(call.conf.raw)  # a malformed list is refused all the same
+    delegation.delegate_ipam(call, ipam_type, "GC")
 
 
 def status(call: CmdArgs, ipam_type: str) -> None:
-    common.delegate_ipam(call, ipam_type, "STATUS")
+    delegation.delegate_ipam(call, ipam_type, "STATUS")

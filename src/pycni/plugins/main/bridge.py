@@ -15,12 +15,13 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from pycni.net import attachment, ipconfig, ipmasq, links, netlink, spoofcheck, sysctl
-from pycni.net.attachment import Address, Attachment, Link, Sysctl
-from pycni.plugins import common
+from pycni.net.attachment import Address, Attachment, BridgePort, Creation, Link, Settings, Sysctl, VethAttachment
+from pycni.plugins import checking, delegation, request
 from pycni.skel import CmdArgs
 from pycni.spec import names
 from pycni.spec.config import Fields
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
 ABOUT = "CNI bridge plugin (pycni)"
@@ -94,7 +95,7 @@ def load_conf(call: CmdArgs) -> Conf:
         enable_dad=f.get_bool("enabledad"),
         disable_container_interface=f.get_bool("disableContainerInterface"),
         port_isolation=f.get_bool("portIsolation"),
-        mac=common.requested_mac(call),
+        mac=request.requested_mac(call),
         ipam_type=call.conf.ipam.get_str("type"),
     )
     problem = names.interface_name_problem(conf.bridge)
@@ -135,17 +136,14 @@ def gateways(ips: list[IPConfig], routes: list[Route], conf: Conf) -> list[IPCon
 
 
 @dataclass
-class Parts:
-    """The attachment and the links the result names."""
+class BridgeAttachment(VethAttachment):
+    """The veth pair's attachment, with the bridge (and VLAN gateway) the result names too."""
 
-    att: Attachment
     bridge: Link
-    host: Link
-    container: Link
     vlan_gateway: Link | None = None
 
 
-def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface | None = None) -> Parts:
+def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface | None = None) -> BridgeAttachment:
     """The attachment for `result` (the IPAM result at ADD, the prevResult at CHECK, None at DEL)."""
     att = Attachment()
     bridge = att.add(
@@ -153,31 +151,32 @@ def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface |
             conf.bridge,
             kind="bridge",
             shared=True,
-            mtu=conf.mtu,
-            promisc=conf.promisc,
-            create={"br_vlan_filtering": 1} if conf.vlan_filtering else {},
+            creation=Creation(create={"br_vlan_filtering": 1} if conf.vlan_filtering else {}),
+            settings=Settings(mtu=conf.mtu, promisc=conf.promisc),
         )
     )
     att.sysctls.append(Sysctl(sysctl.conf_key(6, "{link}", "accept_ra"), "0", link=bridge))
-    port = {"mode": int(conf.hairpin)}
+    flags = {"mode": int(conf.hairpin)}
     if conf.port_isolation:
-        port["isolated"] = 1
+        flags["isolated"] = 1
     host_link = Link(
         host.name if host else "",
-        master=bridge,
-        mtu=conf.mtu,
-        mac=host.mac if host else "",
-        port=port,
-        vlans=[(conf.vlan, True, True)] if conf.vlan else [(v, False, False) for v in conf.trunk],
-        drop_default_vlan=conf.vlan_filtering and not conf.preserve_default_vlan,
-        wait_up=not conf.disable_container_interface,
+        settings=Settings(mtu=conf.mtu, mac=host.mac if host else "", wait_up=not conf.disable_container_interface),
+        port=BridgePort(
+            bridge,
+            flags,
+            vlans=[(conf.vlan, True, True)] if conf.vlan else [(v, False, False) for v in conf.trunk],
+            drop_default_vlan=conf.vlan_filtering and not conf.preserve_default_vlan,
+        ),
     )
     index = result.container_interface(call.ifname, call.netns) if result is not None else None
     container_mac = result.interfaces[index].mac if result is not None and index is not None else conf.mac
-    container = Link(call.ifname, ns=call.netns, mtu=conf.mtu, mac=container_mac, up=not conf.disable_container_interface)
+    container = Link(
+        call.ifname, ns=call.netns, settings=Settings(mtu=conf.mtu, mac=container_mac, up=not conf.disable_container_interface)
+    )
     att.veth(host_link, container)
     att.sysctls.append(Sysctl(sysctl.conf_key(6, "{link}", "accept_ra"), "0", link=host_link))
-    parts = Parts(att, bridge, host_link, container)
+    parts = BridgeAttachment(att, host=host_link, container=container, bridge=bridge)
     if result is None:  # DEL: the links and rules, found by name
         _rules(conf, call, parts, [])
         return parts
@@ -191,7 +190,7 @@ def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface |
     if conf.vlan and bridge_addresses:
         gateway_link = parts.vlan_gateway = _vlan_gateway(conf, att, bridge)
     for gw in bridge_addresses:
-        gateway_link.pin_mac = True
+        gateway_link.settings.pin_mac = True
         att.addresses.append(Address(gateway_link, gw.address, shared=True, exclusive=True, force=conf.force_address))
         key = "net/ipv4/ip_forward" if gw.address.version == 4 else "net/ipv6/conf/all/forwarding"
         att.sysctls.append(Sysctl(key, "1", strict=True))
@@ -213,20 +212,18 @@ def _container_sysctls(conf: Conf, att: Attachment, container: Link) -> None:
 def _vlan_gateway(conf: Conf, att: Attachment, bridge: Link) -> Link:
     """The reference's "<bridge>.<vlan>" veth whose peer is an access port of the VLAN: it
     carries the gateway address of a VLAN network, shared by every container on it."""
-    gateway = Link(f"{conf.bridge}.{conf.vlan}", shared=True, mtu=conf.mtu)
+    gateway = Link(f"{conf.bridge}.{conf.vlan}", shared=True, settings=Settings(mtu=conf.mtu))
     port = Link(
         "",
         shared=True,
-        master=bridge,
-        mtu=conf.mtu,
-        vlans=[(conf.vlan, True, True)],
-        drop_default_vlan=not conf.preserve_default_vlan,
+        settings=Settings(mtu=conf.mtu),
+        port=BridgePort(bridge, vlans=[(conf.vlan, True, True)], drop_default_vlan=not conf.preserve_default_vlan),
     )
     att.veth(gateway, port)  # when the pair exists already, its port is left as it is
     return gateway
 
 
-def _rules(conf: Conf, call: CmdArgs, parts: Parts, ips: list[IPConfig]) -> None:
+def _rules(conf: Conf, call: CmdArgs, parts: BridgeAttachment, ips: list[IPConfig]) -> None:
     if conf.ip_masq and conf.ipam_type:
         parts.att.rules.append(ipmasq.IPMasq(call.conf.name, call.ifname, call.container_id, [ip.address for ip in ips]))
     if conf.macspoofchk:
@@ -241,13 +238,13 @@ def _rules(conf: Conf, call: CmdArgs, parts: Parts, ips: list[IPConfig]) -> None
 
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
-    common.require_netns(call)
-    with common.ipam_allocation(call, conf.ipam_type) as ipam_result:
+    request.require_netns(call)
+    with delegation.ipam_allocation(call, conf.ipam_type) as ipam_result:
         result = Result(cni_version=call.cni_version)
         if ipam_result is not None:
             result.ips, result.routes, result.dns = ipam_result.ips, ipam_result.routes, ipam_result.dns
         parts = describe(conf, call, result)
-        attachment.apply(parts.att, call.env)
+        attachment.apply(parts.att)
     result.interfaces = [
         Interface(parts.bridge.name, mac=parts.bridge.actual_mac),
         Interface(parts.host.name, mac=parts.host.actual_mac),
@@ -255,7 +252,7 @@ def add(call: CmdArgs) -> Result:
     ]
     if parts.vlan_gateway is not None:
         result.interfaces.append(Interface(parts.vlan_gateway.name, mac=parts.vlan_gateway.actual_mac))
-    result.dns = common.conf_dns(call) or result.dns
+    result.dns = request.conf_dns(call) or result.dns
     return result
 
 
@@ -264,7 +261,7 @@ def add(call: CmdArgs) -> Result:
 
 def check(call: CmdArgs) -> None:
     conf = load_conf(call)
-    prev = common.check_prev_result(call, conf.ipam_type)
+    prev = checking.check_prev_result(call, conf.ipam_type)
     others = (conf.bridge, f"{conf.bridge}.{conf.vlan}")
     host = next((i for i in prev.interfaces if not i.sandbox and i.name not in others), None)
     if host is None:
@@ -272,10 +269,10 @@ def check(call: CmdArgs) -> None:
     parts = describe(conf, call, prev.copy(), host)
     bridge_mac = next((i.mac for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), "")
     if conf.is_gateway:  # only a bridge with an address has its MAC pinned; otherwise it follows the ports
-        parts.bridge.mac = bridge_mac
+        parts.bridge.settings.mac = bridge_mac
     problems = attachment.compare(parts.att)
     if problems:
-        raise common.check_failed("bridge", problems)
+        raise checking.check_failed("bridge", problems)
 
 
 # -- DEL -------------------------------------------------------------------------
@@ -285,9 +282,9 @@ def delete(call: CmdArgs) -> None:
     conf = load_conf(call)
     parts = describe(conf, call, None)
     try:
-        attachment.remove(parts.att, call.env)
+        attachment.remove(parts.att)
     finally:
-        common.delegate_ipam(call, conf.ipam_type, "DEL")
+        delegation.delegate_ipam(call, conf.ipam_type, "DEL")
 
 
 # -- GC, STATUS ------------------------------------------------------------------
@@ -299,12 +296,12 @@ def gc(call: CmdArgs) -> None:
     network, so one that still has its veth is left to its own network's DEL), whatever
     the configuration says now; then forward GC to the IPAM plugin."""
     conf = load_conf(call)
-    ipmasq.gc(call.conf.name, common.valid_attachments(call))
+    ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw))
     with netlink.route(None) as ipr:
         spoofcheck.gc(lambda _ref, iface: not iface or links.get(ipr, iface) is None)
-    common.delegate_ipam(call, conf.ipam_type, "GC")
+    delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 
 def status(call: CmdArgs) -> None:
     conf = load_conf(call)
-    common.delegate_ipam(call, conf.ipam_type, "STATUS")
+    delegation.delegate_ipam(call, conf.ipam_type, "STATUS")

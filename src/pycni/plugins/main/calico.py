@@ -31,11 +31,12 @@ from pycni.calico.endpoints import Endpoints
 from pycni.calico.policy import cni as policy_cni
 from pycni.calico.resources import Resource, ResourceError
 from pycni.net import attachment, netns
-from pycni.plugins import common
+from pycni.plugins import checking, delegation
 from pycni.runtime import delegate
 from pycni.skel import CmdArgs
 from pycni.spec import gokeys, ipaddr
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Interface, IPConfig, Result, Route
 
 ABOUT = "Calico CNI plugin (pycni)"
@@ -158,24 +159,36 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     ipam_type = _ipam_type(ctx)
     if ipam_type == "host-local" and "usepodcidr" in str(ctx.conf.ipam.raw).lower():
         raise CNIError(Code.INVALID_NETWORK_CONFIG, 'ipam.subnet "usePodCidr" needs the Kubernetes API, which pycni cannot use')
-    ipam_result = delegate.add(_ipam_call(ctx), ipam_type)
-    log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
-    if not ipam_result.ips:
-        _release(ctx)
-        raise CNIError(Code.INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
-    w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
-    log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
+    # A failure from here on gives the addresses back (and the dataplane removes itself).
+    with delegation.ipam_allocation(_ipam_call(ctx), ipam_type, log=ctx.log, handover=ctx) as ipam_result:
+        assert ipam_result is not None  # an IPAM type is required
+        log.info("Got result from IPAM plugin: %s", ", ".join(str(ip.address) for ip in ipam_result.ips))
+        w = _workload(ctx, mtu, [ip.address for ip in ipam_result.ips], host_veth)
+        log.info("Calico CNI using IPs: %s", ", ".join(str(a) for a in w.host_addresses))
+        mac = _attach(ctx, w, log)
+        _write_endpoint(ctx, eps, existing, w, mac, labels)
+    faults.checkpoint("endpoint-written")
+    log.info("Wrote endpoint to datastore")
+    return _result(ctx, w, mac)
+
+
+def _attach(ctx: cni.Context, w: dataplane.Workload, log: Any) -> str:
+    """Set up the veth pair, addresses and routes; the container end's MAC."""
     parts = dataplane.describe(w)
-    try:
-        attachment.apply(parts.att, ctx.call.env)
-    except BaseException:
-        _release(ctx)
-        raise
+    attachment.apply(parts.att)
     if parts.host.replaced:
-        log.info("Cleaning old hostVeth: %s", host_veth)
+        log.info("Cleaning old hostVeth: %s", w.host_veth)
     mac = parts.container.actual_mac
-    log.info("Added veth %s (container %s, MAC %s) with addresses %s", host_veth, w.ifname, mac,
+    log.info("Added veth %s (container %s, MAC %s) with addresses %s", w.host_veth, w.ifname, mac,
              ", ".join(str(a) for a in w.host_addresses))  # fmt: skip
+    return mac
+
+
+def _write_endpoint(
+    ctx: cni.Context, eps: Endpoints, existing: Resource | None, w: dataplane.Workload, mac: str, labels: dict[str, str]
+) -> None:
+    """Create the WorkloadEndpoint (update a pod's existing one) with the pod's `labels`, its
+    profile first; on failure remove the dataplane."""
     obj = existing if existing is not None and ctx.ids.orchestrator == endpoints.ORCH_K8S else None
     if obj is None:
         obj = endpoints.new_endpoint(ctx.ids, ctx.ids.name())
@@ -187,7 +200,7 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
         endpoint=obj["spec"].get("endpoint") or ctx.call.ifname,
         ipNetworks=[str(a) for a in w.host_addresses],
         profiles=_profiles(ctx),
-        interfaceName=host_veth,
+        interfaceName=w.host_veth,
         mac=mac,
     )
     if ctx.ids.pod:
@@ -195,20 +208,16 @@ def _add(ctx: cni.Context, store: Datastore, mtu: int, log: Any) -> Result:
     obj["spec"] = endpoints.order_spec(spec)
     endpoints.set_labels(obj, labels)
     try:
-        _ensure_profile(ctx, store)
+        _ensure_profile(ctx, eps.store)
         if "resourceVersion" in obj["metadata"]:
             eps.update(obj)
         else:
             eps.create(obj)
     except (ResourceError, DatastoreUnavailable) as exc:
-        dataplane.remove(ctx.call.netns, ctx.call.ifname, ctx.call.env)
-        _release(ctx)
+        dataplane.remove(ctx.call.netns, ctx.call.ifname)
         if isinstance(exc, DatastoreUnavailable):
             raise
         raise CNIError(Code.CONFLICT, f"error writing WorkloadEndpoint: {exc}") from None
-    faults.checkpoint(ctx.call.env, "endpoint-written")
-    log.info("Wrote endpoint to datastore")
-    return _result(ctx, w, mac)
 
 
 def _ensure_profile(ctx: cni.Context, store: Datastore) -> None:
@@ -246,15 +255,6 @@ def _reuse(ctx: cni.Context, eps: Endpoints, existing: Resource, mtu: int, log: 
     return _result(ctx, w, spec.get("mac", ""))
 
 
-def _release(ctx: cni.Context) -> None:
-    """Give the addresses back after a failed ADD (best effort: the error that got us here wins)."""
-    ctx.log.info("Cleaning up IP allocations for failed ADD")
-    try:
-        delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
-    except CNIError as exc:
-        ctx.log.warning("Failed to clean up IP allocations for failed ADD: %s", exc)
-
-
 # -- CHECK -------------------------------------------------------------------------
 
 
@@ -266,9 +266,15 @@ def check(call: CmdArgs) -> None:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "CHECK needs the previous result (prevResult) of ADD")
     try:
         with cni.datastore(ctx) as store:
-            existing = Endpoints(store).for_workload(ctx.ids)
+            _check(ctx, prev, Endpoints(store).for_workload(ctx.ids))
+            delegate.check(_ipam_call(ctx), _ipam_type(ctx), handover=ctx)
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
+
+
+def _check(ctx: cni.Context, prev: Result, existing: Resource | None) -> None:
+    """The endpoint holds the previous result's addresses, and the kernel is as ADD left it."""
+    call = ctx.call
     if existing is None:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, f"WorkloadEndpoint {ctx.ids.name()} does not exist")
     spec = existing["spec"]
@@ -291,8 +297,7 @@ def check(call: CmdArgs) -> None:
     w = _workload(ctx, ctx.conf.determine_mtu(), addresses, spec.get("interfaceName") or endpoints.host_veth_name(ctx.ids))
     problems = attachment.compare(dataplane.describe(w, mac or spec.get("mac", "")).att)
     if problems:
-        raise common.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
-    delegate.check(_ipam_call(ctx), _ipam_type(ctx))
+        raise checking.check_failed("calico", problems, Code.INVALID_NETWORK_CONFIG)
 
 
 # -- DEL ---------------------------------------------------------------------------
@@ -305,15 +310,17 @@ def delete(call: CmdArgs) -> None:
     log = ctx.log.with_fields(WorkloadEndpoint=name)
     log.info("Calico CNI DEL")
     log.info("Calico CNI deleting device in netns %s", call.netns)
-    dataplane.remove(call.netns, call.ifname, call.env)
+    dataplane.remove(call.netns, call.ifname)
     try:
         with cni.datastore(ctx) as store:
             _delete_endpoint(ctx, Endpoints(store), name, log)
-        faults.checkpoint(call.env, "endpoint-deleted")
+            faults.checkpoint("endpoint-deleted")
+            log.info("Releasing IP address(es)")
+            delegate.delete(_ipam_call(ctx), _ipam_type(ctx), handover=ctx)
     except DatastoreUnavailable:
         cni.record(ctx, cni.datastore_identity(ctx.conf), [], (ctx.ids.namespace, name))
-    log.info("Releasing IP address(es)")
-    delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
+        log.info("Releasing IP address(es)")
+        delegate.delete(_ipam_call(ctx), _ipam_type(ctx))
     log.info("Teardown processing complete.")
 
 
@@ -341,7 +348,7 @@ def _delete_endpoint(ctx: cni.Context, eps: Endpoints, name: str, log: Any) -> N
 
 def gc(call: CmdArgs) -> None:
     ctx = cni.context(call, "cni-plugin")
-    valid = {container for container, _ifname in common.valid_attachments(call)}  # as calico-ipam's handles
+    valid = {container for container, _ifname in valid_attachments(call.conf.raw)}  # as calico-ipam's handles
     try:
         with cni.datastore(ctx) as store:
             eps = Endpoints(store)
@@ -361,10 +368,10 @@ def gc(call: CmdArgs) -> None:
                     eps.delete(obj["metadata"]["name"], obj["metadata"]["namespace"], int(obj["metadata"]["resourceVersion"]))
                 except ResourceError:
                     continue
+            if ctx.conf.ipam.type:
+                delegate.gc(ctx.call, ctx.conf.ipam.type, handover=ctx)
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
-    if ctx.conf.ipam.type:
-        delegate.gc(ctx.call, ctx.conf.ipam.type)
 
 
 def status(call: CmdArgs) -> None:
@@ -372,7 +379,7 @@ def status(call: CmdArgs) -> None:
     try:
         with cni.datastore(ctx) as store:
             cni.check_cluster_ready(store)
+            if ctx.conf.ipam.type:
+                delegate.status(ctx.call, ctx.conf.ipam.type, handover=ctx)
     except DatastoreUnavailable as exc:
         raise CNIError(Code.PLUGIN_NOT_AVAILABLE, f"the Calico datastore is unavailable: {exc}") from None
-    if ctx.conf.ipam.type:
-        delegate.status(ctx.call, ctx.conf.ipam.type)

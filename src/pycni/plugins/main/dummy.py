@@ -9,7 +9,7 @@ next to another network's interface. A kernel without dummy support fails ADD wi
 
 from __future__ import annotations
 
-from pycni.net.attachment import Link
+from pycni.net.attachment import Creation, Link
 from pycni.plugins.main import _underlay as underlay
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
@@ -26,7 +26,7 @@ def ipam_type(call: CmdArgs) -> str:
 
 def plan(call: CmdArgs) -> underlay.Plan:
     # Queue length 0, as the reference's netlink.Dummy{LinkAttrs{...}} makes it.
-    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy", create={"txqlen": 0}), ipam_type(call))
+    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="dummy", creation=Creation(create={"txqlen": 0})), ipam_type(call))
 
 
 add, check, delete, gc, status = underlay.commands(plan)

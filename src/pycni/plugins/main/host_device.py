@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 from pycni import faults
 from pycni.net import attachment, hostdevice, links, netlink, netns
-from pycni.net.attachment import Attachment, Link
+from pycni.net.attachment import Attachment, Creation, Link
 from pycni.net.hostdevice import DeviceState
-from pycni.plugins import common
+from pycni.plugins import delegation, request
 from pycni.plugins.main import _underlay as underlay
+from pycni.plugins.records import PARTIAL, is_partial_record, remove_record, write_record
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Result
 
 ABOUT = "CNI host-device plugin (pycni)"
@@ -47,7 +49,7 @@ def load_conf(call: CmdArgs) -> Conf:
     hwaddr = f.get_str("hwaddr")
     conf = Conf(
         device=f.get_str("device"),
-        hwaddr=common.parse_mac(hwaddr, '"hwaddr"') if hwaddr else "",
+        hwaddr=request.parse_mac(hwaddr, '"hwaddr"') if hwaddr else "",
         kernelpath=f.get_str("kernelpath"),
         pci=call.conf.runtime_config.get_str("deviceID") or f.get_str("pciBusID"),
         ipam_type=call.conf.ipam.get_str("type"),
@@ -71,7 +73,7 @@ def find_device(ipr: netlink.IPRoute, conf: Conf) -> str:
 
 
 def plan(call: CmdArgs, device: str, ipam_type: str) -> underlay.Plan:
-    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="", device=device), ipam_type)
+    return underlay.Plan(Link(call.ifname, ns=call.netns, kind="", creation=Creation(device=device)), ipam_type)
 
 
 # -- the records of lent devices ---------------------------------------------------
@@ -95,7 +97,7 @@ def _record_path(network: str, container_id: str, ifname: str) -> str:
 def save(call: CmdArgs, state: DeviceState) -> str:
     path = _record_path(call.conf.name, call.container_id, call.ifname)
     body = {"containerID": call.container_id, "ifname": call.ifname, "netns": call.netns, "host": state.to_dict()}
-    common.write_record(path, body, call.env, "device-record-tmp")
+    write_record(path, body, "device-record-tmp")
     return path
 
 
@@ -131,7 +133,7 @@ def records(network: str) -> list[Lent]:
     write is in progress), which name the device as well as the finished ones do."""
     directory = os.path.join(STATE_DIR, network)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") or common.is_partial_record(n))
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") or is_partial_record(n))
     except FileNotFoundError:
         return []
     return [lent for lent in (_read(os.path.join(directory, n)) for n in names) if lent is not None]
@@ -140,8 +142,8 @@ def records(network: str) -> list[Lent]:
 def forget(path: str) -> None:
     """Drop a record (and what a killed write of it left), and the network's directory (and
     ours) once empty: a refused ADD leaves nothing behind, not even a directory."""
-    path = path.removesuffix(common.PARTIAL)
-    common.remove_record(path)
+    path = path.removesuffix(PARTIAL)
+    remove_record(path)
     for directory in (os.path.dirname(path), STATE_DIR):
         try:
             os.rmdir(directory)
@@ -160,14 +162,14 @@ def give_back(state: DeviceState) -> bool:
 
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
-    common.require_netns(call)
+    request.require_netns(call)
     if conf.pci and hostdevice.is_userspace_driven(conf.pci):
         return Result(cni_version=call.cni_version)  # a DPDK device: nothing to move or configure
     _refuse_foreign_record(call)
     with netlink.route(None) as ipr:
         state = hostdevice.record(ipr, find_device(ipr, conf))
     path = save(call, state)
-    faults.checkpoint(call.env, "device-recorded")
+    faults.checkpoint("device-recorded")
     try:
         return underlay.add(call, plan(call, state.device, conf.ipam_type))
     except BaseException:
@@ -179,7 +181,7 @@ def add(call: CmdArgs) -> Result:
 def check(call: CmdArgs) -> None:
     conf = load_conf(call)
     if conf.pci and hostdevice.is_userspace_driven(conf.pci):  # as the reference: nothing of ours to compare
-        common.delegate_ipam(call, conf.ipam_type, "CHECK")
+        delegation.delegate_ipam(call, conf.ipam_type, "CHECK")
         if call.prev_result is None:
             raise CNIError(Code.INVALID_NETWORK_CONFIG, "host-device: required prevResult missing")
         return
@@ -194,7 +196,7 @@ def delete(call: CmdArgs) -> None:
     lent = load(call)
     device = lent.state.device if lent else conf.device or _alias_in_container(call) or call.ifname
     underlay.delete(call, plan(call, device, conf.ipam_type))
-    faults.checkpoint(call.env, "device-returned")
+    faults.checkpoint("device-returned")
     if lent is not None:
         give_back(lent.state)
     forget(_record_path(call.conf.name, call.container_id, call.ifname))  # and what a killed write left
@@ -220,16 +222,16 @@ def gc(call: CmdArgs) -> None:
     """Give back the devices of attachments that are not valid any more: moved out of their
     container when it still exists, restored as recorded, their records dropped."""
     conf = load_conf(call)
-    valid = common.valid_attachments(call)
+    valid = valid_attachments(call.conf.raw)
     for lent in records(call.conf.name):
         if (lent.container_id, lent.ifname) in valid:
             continue
         if lent.netns and netns.exists(lent.netns):
-            link = Link(lent.ifname, ns=lent.netns, kind="", device=lent.state.device)
+            link = Link(lent.ifname, ns=lent.netns, kind="", creation=Creation(device=lent.state.device))
             attachment.remove(Attachment(links=[link]))
         give_back(lent.state)
         forget(lent.path)
-    common.delegate_ipam(call, conf.ipam_type, "GC")
+    delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 
 def status(call: CmdArgs) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pycni.net import links
 from pycni.net.attachment import Link
-from pycni.plugins import common
+from pycni.plugins import request
 from pycni.plugins.main import _underlay as underlay
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
@@ -52,7 +52,7 @@ def load_conf(call: CmdArgs) -> Conf:
         ipam_type=call.conf.ipam.get_str("type"),
     )
     if call.command in ("ADD", "CHECK"):
-        conf.mac = common.requested_mac(call, args_cni=False, conf_key=True)
+        conf.mac = request.requested_mac(call, args_cni=False, conf_key=True)
         conf.master = underlay.resolve_master(call, conf.master, conf.in_container, conf.mtu, "macvlan")
     return conf
 

@@ -15,10 +15,11 @@ import ipaddress
 from dataclasses import dataclass
 
 from pycni.net import attachment, ipconfig, ipmasq, sysctl
-from pycni.net.attachment import Address, Attachment, Link, Route, Sysctl
-from pycni.plugins import common
+from pycni.net.attachment import Address, Attachment, Link, Route, Settings, Sysctl, VethAttachment
+from pycni.plugins import checking, delegation, request
 from pycni.skel import CmdArgs
 from pycni.spec.errors import CNIError, Code
+from pycni.spec.gc import valid_attachments
 from pycni.spec.result import Interface, IPConfig, Result
 
 ABOUT = "CNI ptp plugin (pycni)"
@@ -49,27 +50,20 @@ def load_conf(call: CmdArgs) -> Conf:
     return conf
 
 
-@dataclass
-class Parts:
-    att: Attachment
-    host: Link
-    container: Link
-
-
 def _host_prefix(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen}")
 
 
-def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface | None = None) -> Parts:
+def describe(conf: Conf, call: CmdArgs, result: Result | None, host: Interface | None = None) -> VethAttachment:
     """The attachment for `result` (the IPAM result at ADD, the prevResult at CHECK, None at DEL)."""
     att = Attachment()
     index = result.container_interface(call.ifname, call.netns) if result is not None else None
     container_mac = result.interfaces[index].mac if result is not None and index is not None else ""
-    host_link = Link(host.name if host else "", mtu=conf.mtu, mac=host.mac if host else "")
-    container = Link(call.ifname, ns=call.netns, mtu=conf.mtu, mac=container_mac)
+    host_link = Link(host.name if host else "", settings=Settings(mtu=conf.mtu, mac=host.mac if host else ""))
+    container = Link(call.ifname, ns=call.netns, settings=Settings(mtu=conf.mtu, mac=container_mac))
     att.veth(host_link, container)
     att.sysctls.append(Sysctl(sysctl.conf_key(6, "{link}", "accept_ra"), "0", link=host_link))
-    parts = Parts(att, host_link, container)
+    parts = VethAttachment(att, host=host_link, container=container)
     if result is None:
         _rules(conf, call, att, [])
         return parts
@@ -100,44 +94,44 @@ def _rules(conf: Conf, call: CmdArgs, att: Attachment, ips: list[IPConfig]) -> N
 
 def add(call: CmdArgs) -> Result:
     conf = load_conf(call)
-    common.require_netns(call)
-    with common.ipam_allocation(call, conf.ipam_type) as ipam_result:
+    request.require_netns(call)
+    with delegation.ipam_allocation(call, conf.ipam_type) as ipam_result:
         assert ipam_result is not None
         result = Result(cni_version=call.cni_version, ips=ipam_result.ips, routes=ipam_result.routes, dns=ipam_result.dns)
         parts = describe(conf, call, result)
-        attachment.apply(parts.att, call.env)
+        attachment.apply(parts.att)
     result.interfaces = [
         Interface(parts.host.name, mac=parts.host.actual_mac),
         Interface(parts.container.name, mac=parts.container.actual_mac, sandbox=call.netns),
     ]
-    result.dns = common.conf_dns(call) or result.dns
+    result.dns = request.conf_dns(call) or result.dns
     return result
 
 
 def check(call: CmdArgs) -> None:
     conf = load_conf(call)
-    prev = common.check_prev_result(call, conf.ipam_type)
+    prev = checking.check_prev_result(call, conf.ipam_type)
     host = next((i for i in prev.interfaces if not i.sandbox), None)
     if host is None:
         raise CNIError(Code.INVALID_NETWORK_CONFIG, "the prevResult names no host veth")
     problems = attachment.compare(describe(conf, call, prev.copy(), host).att)
     if problems:
-        raise common.check_failed("ptp", problems)
+        raise checking.check_failed("ptp", problems)
 
 
 def delete(call: CmdArgs) -> None:
     conf = load_conf(call)
     try:
-        common.delegate_ipam(call, conf.ipam_type, "DEL")
+        delegation.delegate_ipam(call, conf.ipam_type, "DEL")
     finally:
-        attachment.remove(describe(conf, call, None).att, call.env)
+        attachment.remove(describe(conf, call, None).att)
 
 
 def gc(call: CmdArgs) -> None:
     conf = load_conf(call)
-    ipmasq.gc(call.conf.name, common.valid_attachments(call))  # even if ipMasq was turned off since
-    common.delegate_ipam(call, conf.ipam_type, "GC")
+    ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw))  # even if ipMasq was turned off since
+    delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 
 def status(call: CmdArgs) -> None:
-    common.delegate_ipam(call, load_conf(call).ipam_type, "STATUS")
+    delegation.delegate_ipam(call, load_conf(call).ipam_type, "STATUS")

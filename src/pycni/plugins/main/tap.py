@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pycni.net import tuntap
-from pycni.net.attachment import Link
-from pycni.plugins import common
+from pycni.net.attachment import BridgePort, Creation, Link, Settings
+from pycni.plugins import request
 from pycni.plugins.main import _underlay as underlay
 from pycni.skel import CmdArgs
 from pycni.spec import names
@@ -51,7 +51,7 @@ def load_conf(call: CmdArgs) -> Conf:
     conf = Conf(
         multi_queue=f.get_bool("multiQueue"),
         mtu=f.get_int("mtu", minimum=0, maximum=65535),
-        mac=common.requested_mac(call, args_cni=False, conf_key=True) if call.command in ("ADD", "CHECK") else "",
+        mac=request.requested_mac(call, args_cni=False, conf_key=True) if call.command in ("ADD", "CHECK") else "",
         owner=f.get_int("owner", minimum=0, maximum=MAX_ID) if "owner" in f else None,
         group=f.get_int("group", minimum=0, maximum=MAX_ID) if "group" in f else None,
         selinux_context=f.get_str("selinuxContext"),
@@ -75,8 +75,15 @@ def plan(call: CmdArgs) -> underlay.Plan:
             tuntap.create_tap(link.ns, link.name, conf.flags(), conf.owner, conf.group)
 
     # The bridge is the container's (a VM's network inside the pod), used as it is: never created or brought up.
-    bridge = Link(conf.bridge, ns=call.netns, kind="", shared=True, up=False) if conf.bridge else None
-    link = Link(call.ifname, ns=call.netns, kind="tun", maker=make, mtu=conf.mtu, mac=conf.mac, master=bridge)
+    bridge = Link(conf.bridge, ns=call.netns, kind="", shared=True, settings=Settings(up=False)) if conf.bridge else None
+    link = Link(
+        call.ifname,
+        ns=call.netns,
+        kind="tun",
+        creation=Creation(maker=make),
+        settings=Settings(mtu=conf.mtu, mac=conf.mac),
+        port=BridgePort(bridge) if bridge is not None else None,
+    )
     return underlay.Plan(link, conf.ipam_type, notify=(underlay.ARP_NOTIFY,), others=[bridge] if bridge else [])
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pycni.skel import CmdArgs
-from pycni.spec.config import Fields
+from pycni.spec import gc
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPInterface, Result
 
@@ -42,23 +42,13 @@ def call_tag(call: CmdArgs) -> str:
 
 
 def valid_tags(call: CmdArgs) -> set[str]:
-    """The owner tags of the attachments a GC call says are still valid (spec 1.1.0)."""
+    """The owner tags of the attachments a GC call says are still valid (spec 1.1.0); each
+    must name its interface, since the state is per interface."""
     tags: set[str] = set()
-    fields = call.conf.fields
-    raw = fields.raw("cni.dev/valid-attachments")
-    if raw is None:
-        raw = fields.raw("cni.dev/attachments", [])
-    if not isinstance(raw, list):
-        raise CNIError(Code.INVALID_NETWORK_CONFIG, '"cni.dev/valid-attachments" must be a list of {containerID, ifname}')
-    for item in raw:
-        entry = Fields(item) if isinstance(item, dict) else Fields({})
-        container, ifname = entry.raw("containerID"), entry.raw("ifname")
-        if not isinstance(container, str) or not isinstance(ifname, str):
-            raise CNIError(
-                Code.INVALID_NETWORK_CONFIG,
-                f'"cni.dev/valid-attachments" entry {item!r} is not an object with string "containerID" and "ifname"',
-            )
-        tags.add(owner_tag(call.conf.name, container, ifname))
+    for container_id, ifname in gc.valid_attachments(call.conf.raw):
+        if not ifname:
+            raise CNIError(Code.INVALID_NETWORK_CONFIG, f"{gc.VALID_ATTACHMENTS_KEY!r}: container {container_id!r} has no ifname")
+        tags.add(owner_tag(call.conf.name, container_id, ifname))
     return tags
 
 

@@ -40,7 +40,7 @@ import hashlib
 import json
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -371,17 +371,15 @@ def add(
     tag: str,
     addresses: dict[int, IPInterface],
     host_ifindex: dict[int, int | None],
-    env: Mapping[str, str] = faults.NO_FAULTS,
 ) -> None:
-    """Apply every mapping for every family in one transaction; on a conflict, apply nothing.
-    `env` is the call's, for fault injection (`pycni.faults`)."""
+    """Apply every mapping for every family in one transaction; on a conflict, apply nothing."""
     entries = plan(conf, network, addresses, host_ifindex)
     if not entries:
         return
     previous = records.read(network, container_id, ifname)
     # Written first: a DEL after a crash here still finds what may have been added.
-    records.write(Record(network, container_id, ifname, tag, entries), env)
-    faults.checkpoint(env, "portmap-record-written")
+    records.write(Record(network, container_id, ifname, tag, entries))
+    faults.checkpoint("portmap-record-written")
     try:
         # The network's sets exist, so do its chains and the table (a set in use cannot be
         # deleted): only the elements are needed. A failed transaction costs an RCU grace
@@ -390,12 +388,12 @@ def add(
         if previous is None and all(nft.set_exists(fam, TABLE, obj) for fam, obj in members):
             try:
                 nft.run_text("\n".join(_add_commands(entries, tag)), "portmap ADD")
-                faults.checkpoint(env, "portmap-rules-added")
+                faults.checkpoint("portmap-rules-added")
                 return
             except nft.NftError as err:
                 log.info("portmap ADD: %s; looking at the table", err.error.strip().splitlines()[0])
         _add_slowly(conf, network, tag, entries, previous.entries if previous else [])
-        faults.checkpoint(env, "portmap-rules-added")
+        faults.checkpoint("portmap-rules-added")
     except BaseException:
         if previous is not None:
             records.write(previous)
@@ -443,16 +441,14 @@ def entries_of_mappings(conf: PortMapConf, network: str) -> list[Entry]:
     return entries
 
 
-def delete(
-    network: str, container_id: str, ifname: str, tag: str, given: list[Entry], env: Mapping[str, str] = faults.NO_FAULTS
-) -> None:
+def delete(network: str, container_id: str, ifname: str, tag: str, given: list[Entry]) -> None:
     """Remove this attachment's elements: those its record lists, or, without a record, the
     ones the given mappings would have made (if they are still its own)."""
     record = records.read(network, container_id, ifname)
     entries = record.entries if record is not None else given
     if entries:
         _delete_owned(entries, tag, "portmap DEL")
-        faults.checkpoint(env, "portmap-rules-deleted")
+        faults.checkpoint("portmap-rules-deleted")
     # Also without a record: a write of it that was killed left a temporary file, which kept
     # the network's directory (and so its chains) when its last record went.
     if records.remove(network, container_id, ifname):

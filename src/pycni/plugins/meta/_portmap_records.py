@@ -16,12 +16,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni import faults
-from pycni.plugins import common
+from pycni.plugins import records
 from pycni.spec.errors import CNIError, Code
 
 log = logging.getLogger("pycni.plugin.portmap")
@@ -95,7 +93,7 @@ def read(network: str, container_id: str, ifname: str) -> Record | None:
     return record if record is None or (record.container_id, record.ifname) == (container_id, ifname) else None
 
 
-def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
+def write(record: Record) -> None:
     file = path(record.network, record.container_id, record.ifname)
     other = _load(file)
     if other is not None and (other.container_id, other.ifname) != (record.container_id, record.ifname):
@@ -104,7 +102,7 @@ def write(record: Record, env: Mapping[str, str] = faults.NO_FAULTS) -> None:
             f"portmap: {file} is the record of container {other.container_id!r} interface {other.ifname!r}",
             "the two attachments' record names collide (<containerID>_<ifname>.json); nothing was changed",
         )
-    common.write_record(file, record.to_dict(), env, "portmap-record-tmp")
+    records.write_record(file, record.to_dict(), "portmap-record-tmp")
 
 
 def remove(network: str, container_id: str, ifname: str) -> bool:
@@ -113,7 +111,7 @@ def remove(network: str, container_id: str, ifname: str) -> bool:
     file = path(network, container_id, ifname)
     other = _load(file)
     if other is None or (other.container_id, other.ifname) == (container_id, ifname):
-        common.remove_record(file)
+        records.remove_record(file)
     return remove_network_dir(network)
 
 
@@ -138,7 +136,7 @@ def remove_leftovers(network: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if common.is_partial_record(name):
+        if records.is_partial_record(name):
             try:
                 os.unlink(os.path.join(network_dir(network), name))
             except FileNotFoundError:

@@ -182,15 +182,15 @@ def add(call: CmdArgs) -> Result:
         try:
             if limits.shapes_ingress:
                 tc.add_tbf(ipr, index, tc.TBF.from_bits(limits.ingress_rate, limits.ingress_burst))
-                faults.checkpoint(call.env, "ingress-qdisc-added")
+                faults.checkpoint("ingress-qdisc-added")
             if limits.shapes_egress:
                 mtu = int(ipr.get_links(index)[0].get_attr("IFLA_MTU"))
                 ifb_index = _create_ifb(ipr, ifb, mtu, ALIAS_PREFIX + _chained.call_tag(call))
-                faults.checkpoint(call.env, "ifb-created")
+                faults.checkpoint("ifb-created")
                 tc.add_ingress_redirect(ipr, index, ifb_index)
-                faults.checkpoint(call.env, "redirect-added")
+                faults.checkpoint("redirect-added")
                 tc.add_tbf(ipr, ifb_index, tc.TBF.from_bits(limits.egress_rate, limits.egress_burst))
-                faults.checkpoint(call.env, "egress-qdisc-added")
+                faults.checkpoint("egress-qdisc-added")
                 mac = str(ipr.get_links(ifb_index)[0].get_attr("IFLA_ADDRESS") or "")
                 result.interfaces.append(Interface(name=ifb, mac=mac))
         except BaseException:
@@ -240,7 +240,7 @@ def delete(call: CmdArgs) -> None:
         if host_index is not None and ipr.link_lookup(index=host_index):
             tc.delete_root_tbf(ipr, host_index)
             tc.delete_ingress(ipr, host_index)
-            faults.checkpoint(call.env, "qdiscs-deleted")
+            faults.checkpoint("qdiscs-deleted")
         _delete_ifb(ipr, ifb, _chained.call_tag(call))
 
 

@@ -270,7 +270,7 @@ def add(call: CmdArgs) -> Result:
             cmds.append(f'add element bridge {TABLE} isolated_ports {{ "{port}" comment "{tag}" }}')
     with _chained.host_lock(LOCK):
         nft.run_text("\n".join(cmds), "firewall ADD")
-        faults.checkpoint(call.env, "firewall-rules-added")
+        faults.checkpoint("firewall-rules-added")
         try:
             _ensure_host_accept(mark)
         except BaseException:

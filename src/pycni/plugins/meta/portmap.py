@@ -69,7 +69,7 @@ def add(call: CmdArgs) -> Result:
     else:
         indexes = _enable_localnet_routing(conf, addresses)
         with _chained.host_lock(LOCK):
-            nftb.add(conf, call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), addresses, indexes, call.env)
+            nftb.add(conf, call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), addresses, indexes)
     _forget_udp_flows(conf, families)
     return prev
 
@@ -101,7 +101,7 @@ def delete(call: CmdArgs) -> None:
         return
     with _chained.host_lock(LOCK):
         given = nftb.entries_of_mappings(conf, call.conf.name)
-        nftb.delete(call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), given, call.env)
+        nftb.delete(call.conf.name, call.container_id, call.ifname, _chained.call_tag(call), given)
 
 
 def gc(call: CmdArgs) -> None:

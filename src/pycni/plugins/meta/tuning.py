@@ -25,7 +25,7 @@ from typing import Any
 
 from pycni import faults
 from pycni.net import netlink, netns, sysctl
-from pycni.plugins import common
+from pycni.plugins import records
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
 from pycni.spec.config import Fields
@@ -231,13 +231,13 @@ def add(call: CmdArgs) -> Result:
     made_dir = not os.path.isdir(conf.data_dir)  # a refused ADD must not leave it behind either
     if conf.changes_link or paths:
         record.update(network=call.conf.name, containerID=call.container_id, ifname=call.ifname)
-        common.write_record(path, record, call.env, "tuning-record-tmp")
+        records.write_record(path, record, "tuning-record-tmp")
         wrote_record = True
-        faults.checkpoint(call.env, "tuning-record-written")
+        faults.checkpoint("tuning-record-written")
     try:
         if paths:
             sysctl.write_many(sorted(paths.items()), call.netns)
-            faults.checkpoint(call.env, "tuning-sysctls-written")
+            faults.checkpoint("tuning-sysctls-written")
         with netlink.route(call.netns) as ipr:
             index = int(_link(ipr, call.ifname)["index"])
             changes: dict[str, Any] = {
@@ -248,13 +248,13 @@ def add(call: CmdArgs) -> Result:
                 "txQLen": conf.txqlen,
             }
             _apply_link(ipr, index, changes)
-        faults.checkpoint(call.env, "tuning-link-set")
+        faults.checkpoint("tuning-link-set")
     except BaseException:
         if wrote_record:
             try:
                 _restore(call, record)
             finally:
-                common.remove_record(path)
+                records.remove_record(path)
                 if made_dir:
                     try:
                         os.rmdir(conf.data_dir)
@@ -306,7 +306,7 @@ def delete(call: CmdArgs) -> None:
     path = record_path(data_dir, call.container_id, call.ifname)
     record = _read_record(path)
     if record is None:
-        common.remove_record(path)  # what a killed write of it may have left
+        records.remove_record(path)  # what a killed write of it may have left
         return
     if _foreign(record, call):
         log.warning("tuning DEL: %s is the record of another attachment (%s); left alone", path, record.get("containerID"))
@@ -316,8 +316,8 @@ def delete(call: CmdArgs) -> None:
             _restore(call, record)
         except CNIError as err:
             log.warning("could not restore %s of %s: %s", call.ifname, call.container_id, err)
-        faults.checkpoint(call.env, "tuning-restored")
-    common.remove_record(path)
+        faults.checkpoint("tuning-restored")
+    records.remove_record(path)
 
 
 def gc(call: CmdArgs) -> None:
@@ -330,7 +330,7 @@ def gc(call: CmdArgs) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if not name.endswith(".json") and not common.is_partial_record(name):
+        if not name.endswith(".json") and not records.is_partial_record(name):
             continue
         record = _read_record(os.path.join(data_dir, name))
         if not record or record.get("network") != call.conf.name:

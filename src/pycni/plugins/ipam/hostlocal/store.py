@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pycni import faults
-from pycni.plugins.common import create_new
+from pycni.plugins.records import create_new
 from pycni.spec import ipaddr
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPAddress
@@ -52,11 +51,10 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 class Store:
     """The directory of one network, locked while open (`with Store(...) as store:`)."""
 
-    def __init__(self, data_dir: str, network: str, env: Mapping[str, str] = faults.NO_FAULTS, create: bool = True) -> None:
+    def __init__(self, data_dir: str, network: str, create: bool = True) -> None:
         self.dir = os.path.join(data_dir, network)
         self.create = create
         self._lock_fd = -1
-        self._env = env  # the call's environment, for fault injection (pycni.faults)
         self._prepared = ""  # the holder written to RESERVING, linked under each address tried
 
     def __enter__(self) -> Store:
@@ -100,13 +98,13 @@ class Store:
         try:
             if self._prepared != holder:
                 self._prepare(holder)
-            faults.checkpoint(self._env, "address-file-prepared")
+            faults.checkpoint("address-file-prepared")
             os.link(self._path(RESERVING), path)
         except FileExistsError:
             return False
         except OSError as exc:
             raise _io_error(f"cannot reserve {ip}", exc) from None
-        faults.checkpoint(self._env, "address-file-linked")
+        faults.checkpoint("address-file-linked")
         try:
             # The next address must not share this file: a new one is written for it.
             self._prepared = ""
@@ -205,7 +203,7 @@ class Store:
         chosen = exact or [ip for ip, h in allocations.items() if h.ifname is None and h.matches(container_id, ifname)]
         for ip in chosen:
             self.release(ip)
-            faults.checkpoint(self._env, "address-released")
+            faults.checkpoint("address-released")
         return chosen
 
     @staticmethod
