@@ -1,0 +1,31 @@
+"""`make demo-cluster` (scripts/demo-cluster.sh), run for real in a stand-in host of its own."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_demo_cluster_pings_shows_bgp_and_policy_then_cleans_up() -> None:
+    script = "scripts/demo-cluster.sh && ip -brief link; ip netns list"
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "in-netns.sh"), "bash", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert out.count(": ok") == 12 and "FAILED" not in out
+    assert out.count("| node-to-node mesh | up ") == 6  # each of three nodes sees two peers
+    assert "Established" in out and "(64512)" in out
+    # the policy part: open, refused under default deny, allowed by the rule
+    assert "no policy: " in out and "default deny: " in out and "allowed: " in out
+    assert out.split("default deny: ", 1)[1].split("\n", 1)[0].endswith("no answer within 2 s")
+    assert "connected: hello" in out.split("allowed: ", 1)[1].split("\n", 1)[0]
+    after = out.split("Cleaning up", 1)[1].split("done", 1)[1]
+    assert "pcn-" not in after and "cali" not in after and "vxlan" not in after
