@@ -155,7 +155,7 @@ def test_gc_says_what_each_plugin_released(kind: str, agent: bool, as_json: bool
         chain.close()
 
 
-@pytest.mark.difference("gc-before-1.1.0")
+@pytest.mark.difference("gc-old-versions")
 def test_gc_touches_nothing_before_1_1_0_or_with_disable_gc(lab: L.Lab) -> None:
     chain = L.bridge_chain(lab, lab.root, meta=("portmap",))
     leaked: list[L.Attachment] = []
