@@ -4,7 +4,7 @@ cnitool's gc prints nothing when it succeeds (and cobra's "Error: ..." when it f
 there is no output of its to keep: the report is what pycni adds. A person reads
 
     gc mynet: 3 cached attachments, 1 valid, 2 stale (DEL'd: cnitool-1a2b/eth0, cnitool-3c4d/eth0)
-    bridge: released 1 ipMasq rule (mynet cnitool-5e6f eth0 10.1.0.7)
+    bridge: released 2 ipMasq rules (10.1.0.5, 10.1.0.6); 1 macspoofchk rule (veth14dcf40e)
     host-local (via bridge): released 2 addresses (10.1.0.5, 10.1.0.6)
     portmap: nothing
     firewall: no report (not a pycni plugin)
