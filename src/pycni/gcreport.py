@@ -42,9 +42,8 @@ class Report:
         self.sections: list[dict[str, Any]] = []
         self.current: dict[str, Any] | None = None
 
-    def open(self, plugin_type: str, via: str = "", released: dict[str, list[str]] | None = None) -> dict[str, Any]:
-        section: dict[str, Any] = {"plugin": plugin_type, **({"via": via} if via else {})}
-        section["released"] = {} if released is None else released
+    def open(self, plugin_type: str, via: str = "") -> dict[str, Any]:
+        section: dict[str, Any] = {"plugin": plugin_type, **({"via": via} if via else {}), "released": {}}
         self.sections.append(section)
         return section
 
