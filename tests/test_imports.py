@@ -16,7 +16,17 @@ PACKAGE = Path(pycni.__file__).resolve().parent
 # From the bottom up; an import may only point to the same layer or one below (the longest
 # prefix decides a module's layer).
 LAYERS: list[tuple[str, ...]] = [
-    ("pycni", "pycni.spec", "pycni.faults", "pycni.logs", "pycni.registry", "pycni.stdio", "pycni.extras", "pycni.files"),
+    (
+        "pycni",
+        "pycni.spec",
+        "pycni.faults",
+        "pycni.gcreport",
+        "pycni.logs",
+        "pycni.registry",
+        "pycni.stdio",
+        "pycni.extras",
+        "pycni.files",
+    ),
     ("pycni.net",),
     ("pycni.skel", "pycni.runtime", "pycni.launcher"),
     ("pycni.plugins", "pycni.calico", "pycni.flannel"),  # plugins and what they are built from

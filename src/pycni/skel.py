@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
 
-from pycni import faults, logs, registry, stdio
+from pycni import faults, gcreport, logs, registry, stdio
 from pycni.spec import args as cni_args
 from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
@@ -272,6 +272,16 @@ def dispatch(
     if command == "VERSION":
         return _version_outcome(module, stdin)
 
+    if gcreport.wanted(env):
+        # A GC whose runtime asked what it released: the answer as ever, the report on stderr.
+        with gcreport.reporting() as report:
+            outcome = _answer(module, plugin_type, env, stdin, mode)
+        outcome.stderr += report.line()
+        return outcome
+    return _answer(module, plugin_type, env, stdin, mode)
+
+
+def _answer(module: ModuleType, plugin_type: str, env: Mapping[str, str], stdin: bytes, mode: CallMode) -> Outcome:
     try:
         answer = _call(module, plugin_type, env, stdin, mode)
     except CNIError as err:
@@ -312,7 +322,10 @@ def _call(
 ) -> tuple[Result, dict[str, Any]] | None:
     """Parse and run one call; an unexpected exception becomes code 999 (its traceback logged)."""
     try:
-        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
+        with (
+            faults.injected(env) if mode.fault_injection else contextlib.nullcontext(),
+            gcreport.plugin(plugin_type) if env.get("CNI_COMMAND") == "GC" else contextlib.nullcontext(),
+        ):
             return _run(module, parse_call(plugin_type, module, env, stdin, mode, conf, handed_over))
     except CNIError:
         raise

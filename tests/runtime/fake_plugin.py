@@ -24,7 +24,7 @@ except ValueError:
     conf = {}
 if conf.get("log"):
     with open(conf["log"], "a") as fh:
-        env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
+        env = {k: v for k, v in os.environ.items() if k.startswith(("CNI_", "PYCNI_GC_REPORT"))}
         fh.write(json.dumps({"command": command, "env": env, "stdin": conf}) + "\n")
 if command == "VERSION":
     versions = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]

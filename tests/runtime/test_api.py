@@ -273,6 +273,48 @@ def test_gc_and_status_before_1_1_0_do_not_call_plugins(bin_dir: Path, log: Path
     assert calls(log) == []
 
 
+def test_gc_says_what_it_did(bin_dir: Path, log: Path, tmp_path: Path) -> None:
+    """The cached attachments found, valid and DEL'd; a plugin that is not pycni's reports nothing
+    and never sees the report's variable (even one the caller's environment has)."""
+    env = {**os.environ, "PYCNI_GC_REPORT": "1"}
+    cni = CNIConfig([str(bin_dir)], cache_dir=str(tmp_path / "cache"), base_env=env)
+    net = spec_example(log)
+    net.plugins[2].update(failOn="GC", failMsg="portmap gc failed")
+    for cid in ("keep", "stale1", "stale2"):
+        cni.add_network_list(net, runtime_conf(container_id=cid))
+    outcome = cni.collect_garbage(net, GCArgs(valid_attachments=[("keep", "eth0"), ("gone", "eth0")]))
+    assert (outcome.skipped, outcome.cached, outcome.valid) == ("", 3, 1)
+    assert outcome.stale == [("stale1", "eth0", ""), ("stale2", "eth0", "")]
+    assert [(p.plugin, p.ours, p.sections) for p in outcome.plugins] == [
+        ("fake-bridge", False, None),
+        ("fake-tuning", False, None),
+        ("fake-portmap", False, None),
+    ]
+    failed = outcome.plugins[2].error
+    assert failed is not None and failed.msg == "portmap gc failed"
+    assert [e.msg for e in outcome.errors] == ["failed to GC plugin fake-portmap: portmap gc failed"]
+    gcs = [c for c in calls(log) if c["command"] == "GC"]
+    assert len(gcs) == 3 and all("PYCNI_GC_REPORT" not in c["env"] for c in gcs)
+
+
+@pytest.mark.difference("gc-old-versions")
+@pytest.mark.parametrize("version, extra", [("1.0.0", {}), ("1.1.0", {"disableGC": True})])
+def test_gc_does_nothing_before_1_1_0_or_with_disable_gc(
+    version: str, extra: dict[str, Any], bin_dir: Path, log: Path, tmp_path: Path
+) -> None:
+    """Not even the DEL of a stale cached attachment: libcni skips everything for disableGC, and
+    pycni does the same below 1.1.0 (libcni still DELs there)."""
+    cni = CNIConfig([str(bin_dir)], cache_dir=str(tmp_path / "cache"))
+    net = spec_example(log, version=version, **extra)
+    cni.add_network_list(net, runtime_conf(container_id="stale"))
+    log.unlink()
+    outcome = cni.collect_garbage(net, GCArgs())
+    assert outcome.skipped.startswith("cniVersion 1.0.0 has no GC" if extra == {} else "disableGC is true")
+    assert (outcome.cached, outcome.stale, outcome.plugins, outcome.errors) == (0, [], [], [])
+    assert calls(log) == []
+    assert [a.container_id for a in cache.list_attachments(str(tmp_path / "cache"))] == ["stale"]
+
+
 def test_status_stops_at_first_error(bin_dir: Path, log: Path, tmp_path: Path) -> None:
     net = spec_example(log)
     net.plugins[1].update(failOn="STATUS", failCode=50, failMsg="no addresses left")

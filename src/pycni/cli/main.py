@@ -124,7 +124,9 @@ def cmd_gc(opts: argparse.Namespace, env: Env) -> int:
     """GC a network. Unlike cnitool (which treats every attachment as stale and so
     deletes them all), the valid set is every cached attachment of the network
     whose namespace still exists, plus those named with --valid; --none-valid
-    asks for cnitool's behaviour."""
+    asks for cnitool's behaviour. Where cnitool prints nothing, pycni says what was
+    collected (`pycni.cli.gc_output`)."""
+    from pycni.cli import gc_output
     from pycni.net import netns as nsmod
     from pycni.runtime import GCArgs
     from pycni.runtime import cache as cachemod
@@ -141,9 +143,21 @@ def cmd_gc(opts: argparse.Namespace, env: Env) -> int:
         if not sep or not cid or not ifname:
             raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"--valid {item!r}: expected CONTAINERID/IFNAME")
         valid.append((cid, ifname))
-    errors = cni.gc_network_list(net, GCArgs(valid_attachments=valid))
-    if errors:
-        raise CNIError(errors[0].code, "; ".join(str(e) for e in errors))
+    outcome = cni.collect_garbage(net, GCArgs(valid_attachments=valid))
+    # What was done is said even when part of it failed; the exit code and error are as before.
+    # A network GC does not apply to (disableGC, cniVersion below 1.1.0) exits 0 too: nothing
+    # failed, and a periodic `pycni gc` over every network must not fail on such a network;
+    # the line says that nothing was collected and why.
+    if opts.json:
+        report = jsonfmt.dumps(gc_output.to_dict(outcome))
+        if outcome.errors:
+            print(report, file=sys.stderr)  # stdout stays one JSON document: the error
+        else:
+            print(report)
+    else:
+        print("\n".join(gc_output.lines(outcome)))
+    if outcome.errors:
+        raise CNIError(outcome.errors[0].code, "; ".join(str(e) for e in outcome.errors))
     return 0
 
 

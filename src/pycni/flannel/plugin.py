@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pycni import gcreport
 from pycni.runtime import delegate as delegation
 from pycni.runtime import invoke
 from pycni.skel import CmdArgs
@@ -412,8 +413,9 @@ def gc(call: CmdArgs) -> None:
     request["cniVersion"] = call.cni_version
     request[VALID_ATTACHMENTS_KEY] = valid
     delegation.gc(call, str(request["type"]), go_marshal(request).encode())
-    for name in records.keys() - keep:
+    for name in sorted(records.keys() - keep):
         _remove(os.path.join(conf.data_dir, name))
+        gcreport.released("saved configuration", name)
 
 
 def status(call: CmdArgs) -> None:

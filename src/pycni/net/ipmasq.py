@@ -165,8 +165,9 @@ class IPMasq:
         return [f"ipMasq rule for {a.ip} is missing" for a in self.addresses if str(a.ip) not in present]
 
 
-def gc(network: str, valid: Iterable[tuple[str, str]]) -> int:
-    """Remove the network's rules (and records) whose (containerID, ifname) is not in `valid`; how many."""
+def gc(network: str, valid: Iterable[tuple[str, str]]) -> list[str]:
+    """Remove the network's rules (and records) whose (containerID, ifname) is not in `valid`;
+    the addresses they masqueraded (what GC reports, `pycni.gcreport`)."""
     valid = list(valid)
     keep = {comment(network, ifname, container_id) for container_id, ifname in valid}
     stale = [r for r in _find(network_hash(network)) if r.get("comment") not in keep]
@@ -176,4 +177,4 @@ def gc(network: str, valid: Iterable[tuple[str, str]]) -> int:
         for name in os.listdir(RECORDS):
             if name.startswith(network_hash(network) + "-") and name not in kept:
                 _drop_record(name)
-    return len(stale)
+    return [_saddr(r) or str(r.get("comment", "")) for r in stale]

@@ -129,11 +129,12 @@ def _match(left: dict[str, Any], right: str) -> dict[str, Any]:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def gc(stale: Callable[[str, str], bool]) -> int:
-    """Remove every spoof-check whose (ref id, host veth) `stale` says is stale; how many."""
+def gc(stale: Callable[[str, str], bool]) -> list[str]:
+    """Remove every spoof-check whose (ref id, host veth) `stale` says is stale; their host
+    veths' names (what GC reports, `pycni.gcreport`)."""
     listing = _listing()
     commands: list[dict[str, Any]] = []
-    count = 0
+    removed: list[str] = []
     for obj in listing:
         rule = obj.get("rule")
         if not rule or rule["chain"] != BASE_CHAIN:
@@ -143,9 +144,9 @@ def gc(stale: Callable[[str, str], bool]) -> int:
             continue
         if stale(target[len(PREFIX) :], _iifname(rule) or ""):
             commands += _teardown_commands(listing, target)
-            count += 1
+            removed.append(_iifname(rule) or target)
     nft.run(_dedupe(commands), "collecting stale macspoofchk rules")
-    return count
+    return removed
 
 
 def _dedupe(commands: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycni import gcreport, launcher
 from pycni.runtime import cache, invoke
 from pycni.spec import gc, gokeys, jsonfmt, names
 from pycni.spec import version as versions
@@ -36,6 +37,50 @@ class RuntimeConf:
 @dataclass
 class GCArgs:
     valid_attachments: list[tuple[str, str]] = field(default_factory=list)  # (containerID, ifname)
+
+
+@dataclass
+class PluginGC:
+    """One plugin's GC: what it says it released, one section per plugin that ran in the call
+    (the plugin, then those it delegated to; `pycni.gcreport`), or None when it reported
+    nothing (a reference plugin, or a pycni older than the report)."""
+
+    plugin: str
+    ours: bool  # one of pycni's launchers: asked for a report
+    sections: list[dict[str, Any]] | None = None
+    error: CNIError | None = None
+    ran: bool = True  # False when it could not be run (not found)
+
+
+@dataclass
+class GCOutcome:
+    """What a network's GC did: the cached attachments it found and DEL'd as stale, and each
+    plugin's GC; `skipped` says why nothing was done at all."""
+
+    network: str
+    cni_version: str
+    skipped: str = ""
+    cached: int = 0  # the network's cached attachments
+    valid: int = 0  # ...of which the valid set named
+    stale: list[tuple[str, str, str]] = field(default_factory=list)  # (containerID, ifname, DEL's error or "")
+    plugins: list[PluginGC] = field(default_factory=list)
+    errors: list[CNIError] = field(default_factory=list)
+
+
+def gc_skipped(net: NetworkConfigList) -> str:
+    """Why GC of `net` must do nothing, or "".
+
+    Below 1.1.0 nothing at all is done, the DEL of stale cached attachments included (libcni
+    DELs those whatever the version): GC, both halves, is one operation the spec added in
+    1.1.0 (the seed's table puts it at 1.0.0, which it is not), and a configuration that
+    speaks an earlier version has not asked for it. Saying so, rather than collecting half,
+    leaves an operator one clear answer: raise the version, or DEL the attachment."""
+    if net.disable_gc:
+        return "disableGC is true: the spec says runtimes must not call GC for this network"
+    version = net.cni_version or versions.IMPLICIT_VERSION
+    if not versions.at_least(version, "1.1.0"):
+        return f'cniVersion {version} has no GC (the spec added it in 1.1.0): put "1.1.0" in cniVersion or cniVersions'
+    return ""
 
 
 class PluginFailed(CNIError):
@@ -220,10 +265,20 @@ class CNIConfig:
     def gc_network_list(self, net: NetworkConfigList, args: GCArgs | None) -> list[CNIError]:
         """DEL every cached attachment of `net` outside the valid set, then GC every
         plugin (spec 1.1.0). Errors are collected, not fatal: GC cleans all it can."""
+        return self.collect_garbage(net, args).errors
+
+    def collect_garbage(self, net: NetworkConfigList, args: GCArgs | None) -> GCOutcome:
+        """`gc_network_list`, saying what it did (`GCOutcome`)."""
+        outcome = GCOutcome(network=net.name, cni_version=net.cni_version, skipped=gc_skipped(net))
+        if outcome.skipped:
+            return outcome  # as libcni for disableGC; below 1.1.0, see gc_skipped
         valid = set(args.valid_attachments) if args is not None else set()
-        errors: list[CNIError] = []
         for entry in cache.list_attachments(self.cache_dir):
-            if entry.network != net.name or (entry.container_id, entry.ifname) in valid:
+            if entry.network != net.name:
+                continue
+            outcome.cached += 1
+            if (entry.container_id, entry.ifname) in valid:
+                outcome.valid += 1
                 continue
             rt = RuntimeConf(
                 container_id=entry.container_id,
@@ -235,20 +290,42 @@ class CNIConfig:
             try:
                 self.del_network_list(net, rt)
             except CNIError as err:
-                errors.append(
+                outcome.errors.append(
                     CNIError(err.code, f"failed to delete stale attachment {rt.container_id} {rt.ifname}: {err.msg}", err.details)
                 )
-        if net.disable_gc or not versions.at_least(net.cni_version or versions.IMPLICIT_VERSION, "1.1.0"):
-            return errors
+                outcome.stale.append((rt.container_id, rt.ifname, err.msg))
+            else:
+                outcome.stale.append((rt.container_id, rt.ifname, ""))
         extra: dict[str, Any] = dict(gc.request_fields(args.valid_attachments if args else []))
         for plugin in net.plugins:
+            plugin_type = gokeys.get(plugin, "type")
             try:
-                plugin_path = invoke.find_in_path(gokeys.get(plugin, "type"), self.path)
+                plugin_path = invoke.find_in_path(plugin_type, self.path)
                 stdin = self.build_config(net, plugin, extra=extra)
-                invoke.exec_without_result(plugin_path, stdin, self._env("GC", None), self.timeout)
+                done = self._gc_plugin(plugin_type, plugin_path, stdin)
             except CNIError as err:
-                errors.append(CNIError(err.code, f"failed to GC plugin {gokeys.get(plugin, 'type')}: {err.msg}", err.details))
-        return errors
+                done = PluginGC(plugin_type, ours=False, error=err, ran=False)
+            outcome.plugins.append(done)
+            if done.error is not None:
+                cause = done.error
+                outcome.errors.append(CNIError(cause.code, f"failed to GC plugin {plugin_type}: {cause.msg}", cause.details))
+        return outcome
+
+    def _gc_plugin(self, plugin_type: str, plugin_path: str, stdin: bytes) -> PluginGC:
+        """One plugin's GC, asking pycni's own launchers (only them) for a report
+        (`pycni.gcreport`); a failed one keeps the report of what it did release."""
+        env = self._env("GC", None)
+        ours = launcher.is_launcher(plugin_path)
+        if ours:
+            env[gcreport.REPORT_ENV] = "1"
+        else:
+            env.pop(gcreport.REPORT_ENV, None)
+        execution = invoke.execute(plugin_path, stdin, env, self.timeout)
+        done = PluginGC(plugin_type, ours=ours, sections=gcreport.parse(execution.stderr) if ours else None)
+        if execution.returncode != 0:
+            plain = invoke.Execution(execution.stdout, gcreport.without_line(execution.stderr), execution.returncode)
+            done.error = invoke.error_from(plain, plugin_path)
+        return done
 
     # -- STATUS ----------------------------------------------------------------
     def status_network_list(self, net: NetworkConfigList) -> None:

@@ -20,7 +20,7 @@ and answers in JSON.
 
 from __future__ import annotations
 
-from pycni import launcher, skel
+from pycni import gcreport, launcher, skel
 from pycni.runtime import invoke
 from pycni.skel import CmdArgs
 from pycni.spec import jsonfmt
@@ -50,9 +50,16 @@ def _run(call: CmdArgs, plugin_type: str, command: str, stdin: bytes | None, han
             return skel.run_delegated(plugin_type, module, env, data, call.mode, conf, handover)
         except CNIError as err:
             raise CNIError(err.code, f"{plugin_type}: {err.msg}", err.details) from None
-    execution = invoke.execute(plugin_path, data, {**env, DELEGATED_ENV: "1"})
-    if execution.stderr:
-        call.log.info("%s %s stderr: %s", plugin_type, command, execution.stderr.decode(errors="replace").strip())
+    env[DELEGATED_ENV] = "1"
+    if gcreport.REPORT_ENV in env and not launcher.is_launcher(plugin_path):
+        del env[gcreport.REPORT_ENV]  # a reference plugin sees what libcni would give it
+    execution = invoke.execute(plugin_path, data, env)
+    stderr = execution.stderr
+    if command == "GC":
+        gcreport.delegate_report(plugin_type, stderr)
+        stderr = gcreport.without_line(stderr)
+    if stderr.strip():
+        call.log.info("%s %s stderr: %s", plugin_type, command, stderr.decode(errors="replace").strip())
     if execution.returncode != 0:
         failed = invoke.error_from(execution, plugin_path)
         raise CNIError(failed.code, f"{plugin_type}: {failed.msg}", failed.details)

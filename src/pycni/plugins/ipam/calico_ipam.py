@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from pycni import gcreport
 from pycni.calico import cni
 from pycni.calico.datastore import Datastore, DatastoreUnavailable, KeyNotFound
 from pycni.calico.ipam import IPAM, calico_timestamp
@@ -154,9 +155,11 @@ def gc(call: CmdArgs) -> None:
                 if container and "." not in container and container not in valid:
                     ctx.log.info("GC: releasing handle %s (container no longer valid)", handle)
                     try:
-                        ipam.release_by_handle(handle)
+                        freed = ipam.release_by_handle(handle)
                     except KeyNotFound:
-                        pass
+                        continue
+                    for ip in freed:
+                        gcreport.released("address", str(ip))
     except DatastoreUnavailable as exc:
         raise cni.unavailable(exc) from None
 

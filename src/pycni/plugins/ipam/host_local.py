@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.plugins.ipam.hostlocal import allocator
 from pycni.plugins.ipam.hostlocal.config import Config, Requested, load
 from pycni.plugins.ipam.hostlocal.store import Store
@@ -124,6 +124,7 @@ def gc(call: CmdArgs) -> None:
                 call.log.info("GC: releasing %s of %s/%s", ip, holder.container_id, holder.ifname)
                 with contextlib.suppress(CNIError):
                     store.release(ip)
+                    gcreport.released("address", str(ip))
 
 
 def status(call: CmdArgs) -> None:

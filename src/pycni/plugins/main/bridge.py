@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from pycni import gcreport
 from pycni.net import attachment, ipconfig, ipmasq, links, netlink, spoofcheck, sysctl
 from pycni.net.attachment import Address, Attachment, BridgePort, Creation, Link, Settings, Sysctl, VethAttachment
 from pycni.plugins import checking, delegation, request
@@ -296,9 +297,11 @@ def gc(call: CmdArgs) -> None:
     network, so one that still has its veth is left to its own network's DEL), whatever
     the configuration says now; then forward GC to the IPAM plugin."""
     conf = load_conf(call)
-    ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw))
+    for address in ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw)):
+        gcreport.released("ipMasq rule", address)
     with netlink.route(None) as ipr:
-        spoofcheck.gc(lambda _ref, iface: not iface or links.get(ipr, iface) is None)
+        for veth in spoofcheck.gc(lambda _ref, iface: not iface or links.get(ipr, iface) is None):
+            gcreport.released("macspoofchk rule", veth)
     delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.calico import cni, dataplane, endpoints
 from pycni.calico.datastore import Datastore, DatastoreUnavailable
 from pycni.calico.endpoints import Endpoints
@@ -368,6 +368,7 @@ def gc(call: CmdArgs) -> None:
                     eps.delete(obj["metadata"]["name"], obj["metadata"]["namespace"], int(obj["metadata"]["resourceVersion"]))
                 except ResourceError:
                     continue
+                gcreport.released("WorkloadEndpoint", obj["metadata"]["name"])
             if ctx.conf.ipam.type:
                 delegate.gc(ctx.call, ctx.conf.ipam.type, handover=ctx)
     except DatastoreUnavailable as exc:

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.net import attachment, hostdevice, links, netlink, netns
 from pycni.net.attachment import Attachment, Creation, Link
 from pycni.net.hostdevice import DeviceState
@@ -231,6 +231,7 @@ def gc(call: CmdArgs) -> None:
             attachment.remove(Attachment(links=[link]))
         give_back(lent.state)
         forget(lent.path)
+        gcreport.released("device", lent.state.device)
     delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 

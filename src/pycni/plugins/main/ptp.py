@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from pycni import gcreport
 from pycni.net import attachment, ipconfig, ipmasq, sysctl
 from pycni.net.attachment import Address, Attachment, Link, Route, Settings, Sysctl, VethAttachment
 from pycni.plugins import checking, delegation, request
@@ -129,7 +130,8 @@ def delete(call: CmdArgs) -> None:
 
 def gc(call: CmdArgs) -> None:
     conf = load_conf(call)
-    ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw))  # even if ipMasq was turned off since
+    for address in ipmasq.gc(call.conf.name, valid_attachments(call.conf.raw)):  # even if ipMasq was turned off since
+        gcreport.released("ipMasq rule", address)
     delegation.delegate_ipam(call, conf.ipam_type, "GC")
 
 

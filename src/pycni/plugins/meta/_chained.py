@@ -37,6 +37,13 @@ def owner_tag(network: str, container_id: str, ifname: str) -> str:
     return f"{network[:60]} #{digest}"
 
 
+def attachment_of(tag: str) -> str:
+    """The attachment an owner tag names, as a report shows it: CONTAINERID/IFNAME, or the
+    digest of a tag too long to be readable."""
+    parts = tag.split(" ")
+    return f"{parts[1]}/{parts[2]}" if len(parts) == 3 else parts[-1]
+
+
 def call_tag(call: CmdArgs) -> str:
     return owner_tag(call.conf.name, call.container_id, call.ifname)
 

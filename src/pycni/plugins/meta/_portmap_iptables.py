@@ -24,6 +24,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
+from pycni import gcreport
 from pycni.plugins.meta._portmap_conf import PortMapConf
 from pycni.spec.errors import CNIError, Code
 from pycni.spec.result import IPInterface
@@ -263,3 +264,4 @@ def gc(network: str, valid: set[tuple[str, str]]) -> None:
         for owner in _owners(_save(family)).values():
             if owner.network == network and (owner.container_id, owner.ifname) not in valid:
                 teardown(family, owner.chain)
+                gcreport.released("port-mapping chain", owner.chain)

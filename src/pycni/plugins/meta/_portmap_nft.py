@@ -44,8 +44,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.net import netlink, nft
+from pycni.plugins.meta import _chained
 from pycni.plugins.meta import _portmap_records as records
 from pycni.plugins.meta._portmap_conf import PortMapConf, PortMapping
 from pycni.plugins.meta._portmap_records import Entry, Record
@@ -489,10 +490,13 @@ def gc(network: str, valid: set[str]) -> None:
     """Remove the elements of this network's attachments that are not valid any more: those of
     stale records, then any left without a record (found by their tags); then the network's
     chains and sets no attachment uses."""
+    reported: set[str] = set()
     for record in records.all_of(network):
         if record.tag not in valid:
             _delete_owned(record.entries, record.tag, "portmap GC")
             records.remove(network, record.container_id, record.ifname)
+            reported.add(record.tag)
+            gcreport.released("port-mapped attachment", f"{record.container_id}/{record.ifname}")
     prefix = network_prefix(network)
     # An owner tag starts with its network's name (cut to 60 characters when the tag is hashed).
     own = {network, network[:60]}
@@ -515,6 +519,9 @@ def gc(network: str, valid: set[str]) -> None:
             if comment in stale
         ]
         nft.run(cmds, "portmap GC")
+        for tag in sorted(stale - reported):  # elements a record no longer named (a killed ADD's)
+            reported.add(tag)
+            gcreport.released("port-mapped attachment", _chained.attachment_of(tag))
         in_use |= {name.rsplit("_", 2)[0] for name, _, c in elements if name.startswith(prefix) and c not in stale}
     records.remove_leftovers(network)
     records.remove_network_dir(network)

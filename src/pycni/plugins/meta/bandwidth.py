@@ -17,7 +17,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.net import links, netlink, netns, tc
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
@@ -259,3 +259,4 @@ def gc(call: CmdArgs) -> None:
             tag = alias[len(ALIAS_PREFIX) :]
             if tag.split(" ", 1)[0] in own_network and tag not in valid:
                 links.delete(ipr, link["index"])
+                gcreport.released("ifb device", link.get_attr("IFLA_IFNAME") or str(link["index"]))

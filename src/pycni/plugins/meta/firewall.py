@@ -29,7 +29,7 @@ import logging
 import subprocess
 from typing import Any
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.net import nft
 from pycni.plugins.meta import _chained
 from pycni.skel import CmdArgs
@@ -317,3 +317,5 @@ def gc(call: CmdArgs) -> None:
         }
         if stale:
             _remove(stale, network)
+        for tag in sorted(stale):
+            gcreport.released("firewalled attachment", _chained.attachment_of(tag))

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni import faults
+from pycni import faults, gcreport
 from pycni.net import netlink, netns, sysctl
 from pycni.plugins import records
 from pycni.plugins.meta import _chained
@@ -340,4 +340,5 @@ def gc(call: CmdArgs) -> None:
             try:
                 os.unlink(os.path.join(data_dir, name))
             except FileNotFoundError:
-                pass
+                continue
+            gcreport.released("tuning record", _chained.attachment_of(tag))
