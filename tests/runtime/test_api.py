@@ -297,22 +297,31 @@ def test_gc_says_what_it_did(bin_dir: Path, log: Path, tmp_path: Path) -> None:
     assert len(gcs) == 3 and all("PYCNI_GC_REPORT" not in c["env"] for c in gcs)
 
 
-@pytest.mark.difference("gc-old-versions")
-@pytest.mark.parametrize("version, extra", [("1.0.0", {}), ("1.1.0", {"disableGC": True})])
-def test_gc_does_nothing_before_1_1_0_or_with_disable_gc(
-    version: str, extra: dict[str, Any], bin_dir: Path, log: Path, tmp_path: Path
-) -> None:
-    """Not even the DEL of a stale cached attachment: libcni skips everything for disableGC, and
-    pycni does the same below 1.1.0 (libcni still DELs there)."""
+def test_gc_does_nothing_with_disable_gc(bin_dir: Path, log: Path, tmp_path: Path) -> None:
+    """Not even the DEL of a stale cached attachment, as libcni's GCNetworkList."""
     cni = CNIConfig([str(bin_dir)], cache_dir=str(tmp_path / "cache"))
-    net = spec_example(log, version=version, **extra)
+    net = spec_example(log, version="1.1.0", disableGC=True)
     cni.add_network_list(net, runtime_conf(container_id="stale"))
     log.unlink()
     outcome = cni.collect_garbage(net, GCArgs())
-    assert outcome.skipped.startswith("cniVersion 1.0.0 has no GC" if extra == {} else "disableGC is true")
+    assert outcome.skipped.startswith("disableGC is true")
     assert (outcome.cached, outcome.stale, outcome.plugins, outcome.errors) == (0, [], [], [])
     assert calls(log) == []
     assert [a.container_id for a in cache.list_attachments(str(tmp_path / "cache"))] == ["stale"]
+
+
+def test_gc_before_1_1_0_dels_stale_attachments_and_asks_no_plugin(bin_dir: Path, log: Path, tmp_path: Path) -> None:
+    """As libcni: the stale cached attachment is DEL'd whatever the version; the plugins' GC, a
+    1.1.0 command, is not called, and the outcome says why."""
+    cni = CNIConfig([str(bin_dir)], cache_dir=str(tmp_path / "cache"))
+    net = spec_example(log, version="1.0.0")
+    cni.add_network_list(net, runtime_conf(container_id="stale"))
+    log.unlink()
+    outcome = cni.collect_garbage(net, GCArgs())
+    assert (outcome.skipped, outcome.cached, outcome.stale, outcome.plugins) == ("", 1, [("stale", "eth0", "")], [])
+    assert outcome.no_plugin_gc.startswith("cniVersion 1.0.0 has no GC")
+    assert {c["command"] for c in calls(log)} == {"DEL"}
+    assert cache.list_attachments(str(tmp_path / "cache")) == []
 
 
 def test_status_stops_at_first_error(bin_dir: Path, log: Path, tmp_path: Path) -> None:

@@ -67,17 +67,22 @@ def lines(outcome: GCOutcome) -> list[str]:
     head = f"gc {outcome.network}: "
     if outcome.skipped:
         return [head + f"nothing collected: {outcome.skipped}"]
+    if outcome.no_plugin_gc and not outcome.stale:
+        return [head + f"nothing collected: {outcome.no_plugin_gc}"]
     head += f"{plural(outcome.cached, 'cached attachment')}, {outcome.valid} valid, {len(outcome.stale)} stale"
     deleted = [f"{cid}/{ifname}" for cid, ifname, error in outcome.stale if not error]
     failed = [f"{cid}/{ifname}" for cid, ifname, error in outcome.stale if error]
     notes = ([f"DEL'd: {_named(deleted)}"] if deleted else []) + ([f"DEL failed: {_named(failed)}"] if failed else [])
     if notes:
         head += f" ({'; '.join(notes)})"
+    if outcome.no_plugin_gc:
+        return [head, f"plugins not asked to collect: {outcome.no_plugin_gc}"]
     return [head] + [_section_line(s) for plugin in outcome.plugins for s in sections(plugin)]
 
 
 def to_dict(outcome: GCOutcome) -> dict[str, Any]:
-    doc: dict[str, Any] = {"network": outcome.network, "cniVersion": outcome.cni_version, "collected": not outcome.skipped}
+    collected = not outcome.skipped and not (outcome.no_plugin_gc and not outcome.stale)
+    doc: dict[str, Any] = {"network": outcome.network, "cniVersion": outcome.cni_version, "collected": collected}
     if outcome.skipped:
         doc["reason"] = outcome.skipped
         return doc
@@ -90,4 +95,6 @@ def to_dict(outcome: GCOutcome) -> dict[str, Any]:
         ],
         plugins=[s for plugin in outcome.plugins for s in sections(plugin)],
     )
+    if outcome.no_plugin_gc:
+        doc["reason"] = outcome.no_plugin_gc
     return doc

@@ -55,11 +55,13 @@ class PluginGC:
 @dataclass
 class GCOutcome:
     """What a network's GC did: the cached attachments it found and DEL'd as stale, and each
-    plugin's GC; `skipped` says why nothing was done at all."""
+    plugin's GC; `skipped` says why nothing was done at all, `no_plugin_gc` why the plugins
+    were not asked to collect."""
 
     network: str
     cni_version: str
     skipped: str = ""
+    no_plugin_gc: str = ""
     cached: int = 0  # the network's cached attachments
     valid: int = 0  # ...of which the valid set named
     stale: list[tuple[str, str, str]] = field(default_factory=list)  # (containerID, ifname, DEL's error or "")
@@ -68,15 +70,18 @@ class GCOutcome:
 
 
 def gc_skipped(net: NetworkConfigList) -> str:
-    """Why GC of `net` must do nothing, or "".
-
-    Below 1.1.0 nothing at all is done, the DEL of stale cached attachments included (libcni
-    DELs those whatever the version): GC, both halves, is one operation the spec added in
-    1.1.0 (the seed's table puts it at 1.0.0, which it is not), and a configuration that
-    speaks an earlier version has not asked for it. Saying so, rather than collecting half,
-    leaves an operator one clear answer: raise the version, or DEL the attachment."""
+    """Why GC of `net` must do nothing at all, or "" (libcni: `disableGC` skips both halves)."""
     if net.disable_gc:
         return "disableGC is true: the spec says runtimes must not call GC for this network"
+    return ""
+
+
+def plugin_gc_absent(net: NetworkConfigList) -> str:
+    """Why the plugins of `net` are not asked to GC, or "".
+
+    GC is a command of spec 1.1.0 (the seed's table puts it at 1.0.0, which it is not). As
+    libcni's GCNetworkList, the DEL of stale cached attachments happens whatever the version;
+    only the plugins' half is skipped, and `pycni gc` says so instead of a silent success."""
     version = net.cni_version or versions.IMPLICIT_VERSION
     if not versions.at_least(version, "1.1.0"):
         return f'cniVersion {version} has no GC (the spec added it in 1.1.0): put "1.1.0" in cniVersion or cniVersions'
@@ -271,7 +276,7 @@ class CNIConfig:
         """`gc_network_list`, saying what it did (`GCOutcome`)."""
         outcome = GCOutcome(network=net.name, cni_version=net.cni_version, skipped=gc_skipped(net))
         if outcome.skipped:
-            return outcome  # as libcni for disableGC; below 1.1.0, see gc_skipped
+            return outcome  # as libcni for disableGC
         valid = set(args.valid_attachments) if args is not None else set()
         for entry in cache.list_attachments(self.cache_dir):
             if entry.network != net.name:
@@ -296,6 +301,9 @@ class CNIConfig:
                 outcome.stale.append((rt.container_id, rt.ifname, err.msg))
             else:
                 outcome.stale.append((rt.container_id, rt.ifname, ""))
+        outcome.no_plugin_gc = plugin_gc_absent(net)
+        if outcome.no_plugin_gc:
+            return outcome
         extra: dict[str, Any] = dict(gc.request_fields(args.valid_attachments if args else []))
         for plugin in net.plugins:
             plugin_type = gokeys.get(plugin, "type")
