@@ -3,27 +3,27 @@ FELIX_PROMETHEUSMETRICSENABLED=true, served on FELIX_PROMETHEUSMETRICSHOST (all 
 when empty):FELIX_PROMETHEUSMETRICSPORT (9091), as felix serves its own. Felix's names where
 felix has the metric; calico_node_* for the rest. Components may register their own metrics
 in `registry` (NodeContext.registry), e.g. the policy component's programming latency.
-prometheus-client is imported only when metrics are on: it comes with `pycni[calico]`.
+prometheus-client is imported only when metrics are on: it comes with `pycni[calico]`. The
+address is bound before calico-node registers the node or starts anything (main.py): an
+address in use is an error at start, with nothing configured.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pycni import metrics
+from pycni.metrics import MetricsError
 
-from pycni import extras
-
-
-class MetricsError(RuntimeError):
-    pass
+__all__ = ["Metrics", "MetricsError"]
+SETTING = "FELIX_PROMETHEUSMETRICSHOST / FELIX_PROMETHEUSMETRICSPORT"
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._prometheus = prometheus = extras.require(
-            "prometheus_client", "calico", "calico-node's Prometheus metrics (FELIX_PROMETHEUSMETRICSENABLED)"
+        self._prometheus = prometheus = metrics.prometheus(
+            "calico", "calico-node's Prometheus metrics (FELIX_PROMETHEUSMETRICSENABLED)"
         )
         Counter, Gauge = prometheus.Counter, prometheus.Gauge
-        self.registry = prometheus.CollectorRegistry()
+        self.registry = metrics.new_registry(prometheus)
         r = self.registry
         self.local_endpoints = Gauge("felix_active_local_endpoints", "Number of active endpoints on this host.", registry=r)
         self.cluster_hosts = Gauge("felix_cluster_num_hosts", "Total number of Calico hosts in the cluster.", registry=r)
@@ -48,12 +48,5 @@ class Metrics:
     def component_error(self, name: str) -> None:
         self.component_errors.labels(component=name).inc()
 
-    def serve(self, host: str, port: int) -> Any:
-        try:
-            return self._prometheus.start_http_server(port, addr=host or "0.0.0.0", registry=self.registry)
-        except OSError as exc:
-            where = f"{host or '0.0.0.0'}:{port}"
-            raise MetricsError(
-                f"cannot serve Prometheus metrics on {where} (FELIX_PROMETHEUSMETRICSHOST / FELIX_PROMETHEUSMETRICSPORT): "
-                f"{exc.strerror or exc}"
-            ) from None
+    def serve(self, host: str, port: int) -> metrics.Server:
+        return metrics.Server(self._prometheus, self.registry, host, port, SETTING)

@@ -1,0 +1,76 @@
+"""The agent's Prometheus metrics, off unless `pycni agent --metrics-address HOST:PORT` (or
+PYCNI_METRICS_ADDRESS) is given.
+
+What the agent can see is what it counts: the calls it ran (by plugin, command and the exit
+code the launcher got), how long they took from acceptance to answer, the calls running now,
+and the calls it declined (each one a launcher that then ran the call in-process). A launcher
+that falls back because no agent answers at all cannot be counted here: the agent is not
+there to count it; the launcher writes why in the plugin log, and the agent's absence shows
+as its scrape failing (`up == 0`).
+
+Only `pycni agent` imports this module, and only with metrics on: the launchers' path never
+loads prometheus-client.
+"""
+
+from __future__ import annotations
+
+from pycni import metrics
+from pycni.metrics import MetricsError
+
+__all__ = ["SETTING", "AgentMetrics", "MetricsError"]
+
+SETTING = "--metrics-address / PYCNI_METRICS_ADDRESS"
+ADDRESS_ENV = "PYCNI_METRICS_ADDRESS"
+# Label values come from a fixed set: a command or a decline reason is not free text.
+COMMANDS = ("ADD", "CHECK", "DEL", "GC", "STATUS", "VERSION")
+DECLINE_REASONS = {
+    "the caller is in another network namespace": "other_netns",
+    "the caller is in another mount namespace": "other_mntns",
+    "cannot read the namespaces of the caller": "caller_unknown",
+    "the agent is running as many calls as it may": "max_calls",
+}
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self._prometheus = prometheus = metrics.prometheus("metrics", f"the agent's Prometheus metrics ({SETTING})")
+        self.registry = r = metrics.new_registry(prometheus)
+        self.calls = prometheus.Counter(
+            "pycni_agent_calls", "Plugin calls the agent ran, by plugin, command and exit code.",
+            ["plugin", "command", "code"], registry=r,
+        )  # fmt: skip
+        self.duration = prometheus.Histogram(
+            "pycni_agent_call_duration_seconds", "Time from accepting a call to answering it.",
+            ["plugin", "command"], buckets=metrics.HISTOGRAM_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = prometheus.Gauge("pycni_agent_calls_in_flight", "Calls accepted and not yet answered.", registry=r)
+        self.declined = prometheus.Counter(
+            "pycni_agent_declined_calls",
+            "Calls the agent declined, so that the launcher ran them in-process, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+
+    def serve(self, address: str) -> metrics.Server:
+        host, port = metrics.parse_address(address, SETTING)
+        return metrics.Server(self._prometheus, self.registry, host, port, SETTING)
+
+    # -- hooks in the server ---------------------------------------------------------
+    def call_accepted(self) -> None:
+        self.in_flight.inc()
+
+    def call_answered(self, plugin: str, command: str, code: int, seconds: float) -> None:
+        command = command if command in COMMANDS else "other"
+        self.in_flight.dec()
+        self.calls.labels(plugin=plugin, command=command, code=str(code)).inc()
+        self.duration.labels(plugin=plugin, command=command).observe(seconds)
+
+    def call_declined(self, reason: str) -> None:
+        self.declined.labels(reason=DECLINE_REASONS.get(reason, "other")).inc()
+
+
+def start(address: str) -> tuple[AgentMetrics, metrics.Server] | None:
+    """The metrics and their server on `address` (bound now), or None when it is empty (off)."""
+    if not address:
+        return None
+    agent_metrics = AgentMetrics()
+    return agent_metrics, agent_metrics.serve(address)
