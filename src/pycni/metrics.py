@@ -9,7 +9,7 @@ so the launchers' cold path never loads it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from pycni import extras
 
@@ -64,3 +64,30 @@ class Server:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class DaemonMetrics:
+    """A daemon's metrics: subclasses name the setting that turns them on and register their
+    metrics in `self.registry` (made by `prometheus`, the imported prometheus-client)."""
+
+    SETTING = ""  # the flag and variable, for error messages
+    EXTRA = "metrics"
+
+    def __init__(self) -> None:
+        self.prometheus = prometheus(self.EXTRA, f"Prometheus metrics ({self.SETTING})")
+        self.registry = new_registry(self.prometheus)
+
+    def serve(self, address: str) -> Server:
+        host, port = parse_address(address, self.SETTING)
+        return self.serve_on(host, port)
+
+    def serve_on(self, host: str, port: int) -> Server:
+        return Server(self.prometheus, self.registry, host, port, self.SETTING)
+
+    @classmethod
+    def start(cls, address: str) -> tuple[Self, Server] | None:
+        """The metrics and their server on `address` (bound now), or None when it is empty (off)."""
+        if not address:
+            return None
+        made = cls()
+        return made, made.serve(address)

@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--metrics-address", default="")
     opts = parser.parse_args()
     logs.configure(opts.log_file, "DEBUG", rotate=(opts.log_max_bytes, 3))
-    served = metrics.start(opts.metrics_address)
+    served = metrics.AgentMetrics.start(opts.metrics_address)
     agent = server.Agent(
         opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, resolve=resolve,
         metrics=served[0] if served else None,

@@ -17,9 +17,8 @@ from __future__ import annotations
 from pycni import metrics
 from pycni.metrics import MetricsError
 
-__all__ = ["SETTING", "AgentMetrics", "MetricsError"]
+__all__ = ["AgentMetrics", "MetricsError"]
 
-SETTING = "--metrics-address / PYCNI_METRICS_ADDRESS"
 ADDRESS_ENV = "PYCNI_METRICS_ADDRESS"
 # Label values come from a fixed set: a command or a decline reason is not free text.
 COMMANDS = ("ADD", "CHECK", "DEL", "GC", "STATUS", "VERSION")
@@ -31,10 +30,12 @@ DECLINE_REASONS = {
 }
 
 
-class AgentMetrics:
+class AgentMetrics(metrics.DaemonMetrics):
+    SETTING = f"--metrics-address / {ADDRESS_ENV}"
+
     def __init__(self) -> None:
-        self._prometheus = prometheus = metrics.prometheus("metrics", f"the agent's Prometheus metrics ({SETTING})")
-        self.registry = r = metrics.new_registry(prometheus)
+        super().__init__()
+        prometheus, r = self.prometheus, self.registry
         self.calls = prometheus.Counter(
             "pycni_agent_calls", "Plugin calls the agent ran, by plugin, command and exit code.",
             ["plugin", "command", "code"], registry=r,
@@ -50,10 +51,6 @@ class AgentMetrics:
             ["reason"], registry=r,
         )  # fmt: skip
 
-    def serve(self, address: str) -> metrics.Server:
-        host, port = metrics.parse_address(address, SETTING)
-        return metrics.Server(self._prometheus, self.registry, host, port, SETTING)
-
     # -- hooks in the server ---------------------------------------------------------
     def call_accepted(self) -> None:
         self.in_flight.inc()
@@ -66,11 +63,3 @@ class AgentMetrics:
 
     def call_declined(self, reason: str) -> None:
         self.declined.labels(reason=DECLINE_REASONS.get(reason, "other")).inc()
-
-
-def start(address: str) -> tuple[AgentMetrics, metrics.Server] | None:
-    """The metrics and their server on `address` (bound now), or None when it is empty (off)."""
-    if not address:
-        return None
-    agent_metrics = AgentMetrics()
-    return agent_metrics, agent_metrics.serve(address)

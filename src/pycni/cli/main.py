@@ -245,7 +245,7 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
     log_file = opts.log_file or logs.env_file(os.environ)
     logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
-    served = _agent_metrics(opts.metrics_address or os.environ.get("PYCNI_METRICS_ADDRESS", ""))
+    served = _agent_metrics(opts.metrics_address)
     agent = server.Agent(
         opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection,
         metrics=served[0] if served else None,
@@ -261,13 +261,13 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
             served[1].stop()
 
 
-def _agent_metrics(address: str) -> Any:
+def _agent_metrics(address: str | None) -> Any:
     """Bound before the agent takes its socket: an address in use stops it with nothing made."""
     from pycni.agent import metrics
     from pycni.extras import MissingExtra
 
     try:
-        return metrics.start(address)
+        return metrics.AgentMetrics.start(address or os.environ.get(metrics.ADDRESS_ENV, ""))
     except (metrics.MetricsError, MissingExtra) as exc:
         raise CNIError(Code.IO_FAILURE, f"pycni agent: {exc}", "the agent did not start") from None
 

@@ -134,7 +134,7 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
     servers: list[Any] = []
     try:
         if metrics is not None:
-            servers.append(metrics.serve(cfg.metrics_host, cfg.metrics_port))
+            servers.append(metrics.serve_on(cfg.metrics_host, cfg.metrics_port))
             log.info("Serving Prometheus metrics on %s", servers[-1].address)
         if cfg.health_enabled and not only_startup:
             server = HealthServer(

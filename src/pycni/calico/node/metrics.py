@@ -14,16 +14,15 @@ from pycni import metrics
 from pycni.metrics import MetricsError
 
 __all__ = ["Metrics", "MetricsError"]
-SETTING = "FELIX_PROMETHEUSMETRICSHOST / FELIX_PROMETHEUSMETRICSPORT"
 
 
-class Metrics:
+class Metrics(metrics.DaemonMetrics):
+    SETTING = "FELIX_PROMETHEUSMETRICSHOST / FELIX_PROMETHEUSMETRICSPORT"
+    EXTRA = "calico"
+
     def __init__(self) -> None:
-        self._prometheus = prometheus = metrics.prometheus(
-            "calico", "calico-node's Prometheus metrics (FELIX_PROMETHEUSMETRICSENABLED)"
-        )
-        Counter, Gauge = prometheus.Counter, prometheus.Gauge
-        self.registry = metrics.new_registry(prometheus)
+        super().__init__()
+        Counter, Gauge = self.prometheus.Counter, self.prometheus.Gauge
         r = self.registry
         self.local_endpoints = Gauge("felix_active_local_endpoints", "Number of active endpoints on this host.", registry=r)
         self.cluster_hosts = Gauge("felix_cluster_num_hosts", "Total number of Calico hosts in the cluster.", registry=r)
@@ -47,6 +46,3 @@ class Metrics:
 
     def component_error(self, name: str) -> None:
         self.component_errors.labels(component=name).inc()
-
-    def serve(self, host: str, port: int) -> metrics.Server:
-        return metrics.Server(self._prometheus, self.registry, host, port, SETTING)
