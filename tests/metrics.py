@@ -12,6 +12,22 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+# Holds a port (all addresses), then runs argv with the port put for `{port}` in its arguments
+# and environment; prints the port, passes on the exit code and stderr.
+_HOLD_A_PORT = """
+import os, socket, subprocess, sys
+held = socket.socket()
+held.bind(("0.0.0.0", 0))
+held.listen()
+port = str(held.getsockname()[1])
+argv = [a.replace("{port}", port) for a in sys.argv[1:]]
+env = {k: v.replace("{port}", port) for k, v in os.environ.items()}
+out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=90)
+sys.stderr.write(out.stderr)
+print(port)
+sys.exit(out.returncode)
+"""
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -65,3 +81,9 @@ def listening_ports(pid: int) -> set[int]:
                 if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def holding_a_port(argv: list[str]) -> list[str]:
+    """A command line running `argv` while a port is taken: `{port}` in argv and the
+    environment is that port; the command prints it."""
+    return ["python3", "-c", _HOLD_A_PORT, *argv]

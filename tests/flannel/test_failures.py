@@ -13,7 +13,7 @@ from pycni.flannel.config import kernel_has_ipip
 from tests.cluster.harness import Cluster
 from tests.flannel.conftest import flannel_cluster
 from tests.flannel.flannelcluster import VENV_BIN, FlannelCluster, mesh, network_config
-from tests.metrics import listening_ports
+from tests.metrics import holding_a_port, listening_ports
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +86,6 @@ def test_bad_flags(bare: FlannelCluster, args: list[str], code: int, message: st
     nothing_written(bare)
 
 
-# Holds a port on the node's loopback, then runs flanneld (argv) with the port put in `{port}`.
-HOLD_A_PORT = """
-import socket, subprocess, sys
-held = socket.socket()
-held.bind(("127.0.0.1", 0))
-held.listen()
-port = str(held.getsockname()[1])
-argv = [a.replace("{port}", port) for a in sys.argv[1:]]
-env = {k: v.replace("{port}", port) for k, v in __import__("os").environ.items()}
-out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-sys.stderr.write(out.stderr)
-print(port)
-sys.exit(out.returncode)
-"""
-
-
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -117,7 +101,7 @@ def test_an_address_in_use_stops_flanneld_before_anything(
     bare.set_config(network_config("vxlan"))
     assert bare.cluster.etcd is not None
     flanneld = [str(VENV_BIN / "flanneld"), f"--etcd-endpoints={bare.cluster.etcd.endpoint}", *args]
-    out = node.run("python3", "-c", HOLD_A_PORT, *flanneld, env=env, check=False, timeout=90)
+    out = node.run(*holding_a_port(flanneld), env=env, check=False, timeout=90)
     assert out.returncode == 1, out.stderr
     assert message.replace("{port}", out.stdout.strip()) in out.stderr and "Address already in use" in out.stderr
     nothing_written(bare)
