@@ -121,3 +121,21 @@ def _cli_agent(agent_dir: Path, *extra: str, env: dict[str, str] | None = None) 
     argv = [sys.executable, "-m", "pycni.cli.main", "agent", "--socket", str(agent_dir / "agent.sock"), *extra]
     argv += ["--log-file", str(agent_dir / "cli.log")]
     return subprocess.run(argv, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60)
+
+
+def test_the_in_process_path_never_loads_prometheus(agent_dir: Path, launchers: Path, netns: NetNS) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "pct-cold",
+        "CNI_NETNS": netns.path,
+        "CNI_IFNAME": "lo",
+        "CNI_PATH": str(launchers),
+        "PYCNI_AGENT": "off",
+        "PYCNI_LOG_FILE": str(agent_dir / "plugins.log"),
+    }
+    argv = [sys.executable, "-X", "importtime", str(launchers / "loopback")]
+    proc = subprocess.run(argv, input=json.dumps(LOOPBACK).encode(), env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout
+    imported = proc.stderr.decode()
+    assert "pycni.skel" in imported and "prometheus_client" not in imported and "pycni.metrics" not in imported
