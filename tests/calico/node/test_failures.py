@@ -126,7 +126,8 @@ def test_prometheus_metrics(one_node: CalicoCluster) -> None:
     got = samples()
     assert value(got, "felix_cluster_num_hosts") == 1.0
     assert value(got, "felix_cluster_num_workload_endpoints") == 1.0
-    assert value(got, "felix_resyncs_started_total") == 1.0
+    assert value(got, "felix_resyncs_started") == 1.0  # felix's names, without prometheus-client's _total
+    assert value(got, "felix_int_dataplane_failures") == 0.0
     assert value(got, "calico_node_routes", kind="vxlan") is not None
     assert value(got, "calico_node_datastore_errors_total") == 0.0
     assert value(got, "felix_active_local_policies") is not None

@@ -10,6 +10,10 @@ address in use is an error at start, with nothing configured.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 from pycni import metrics
 from pycni.metrics import MetricsError
 
@@ -29,8 +33,11 @@ class Metrics(metrics.DaemonMetrics):
         self.cluster_endpoints = Gauge(
             "felix_cluster_num_workload_endpoints", "Total number of workload endpoints in the cluster.", registry=r
         )
-        self.resyncs = Counter(
-            "felix_resyncs_started", "Number of times Felix has started resyncing with the datastore.", registry=r
+        self.resyncs = FelixCounter(
+            self.prometheus, "felix_resyncs_started", "Number of times Felix has started resyncing with the datastore.", r
+        )
+        self.dataplane_failures = FelixCounter(
+            self.prometheus, "felix_int_dataplane_failures", "Number of times dataplane updates failed and will be retried.", r
         )
         self.routes = Gauge("calico_node_routes", "Routes calico-node has programmed, by kind.", ["kind"], registry=r)
         self.bgp_peers = Gauge(
@@ -45,4 +52,30 @@ class Metrics(metrics.DaemonMetrics):
         self.datastore_errors.inc()
 
     def component_error(self, name: str) -> None:
+        self.dataplane_failures.inc()
         self.component_errors.labels(component=name).inc()
+
+
+class FelixCounter:
+    """A counter under felix's own name. prometheus-client exposes a Counter as NAME_total;
+    felix's Go client exposes NAME, and that is what dashboards and alerts query. So the
+    series is served untyped (OpenMetrics "unknown"), which rate() and increase() read alike."""
+
+    def __init__(self, prometheus: Any, name: str, documentation: str, registry: Any) -> None:
+        self._family = prometheus.metrics_core.UnknownMetricFamily
+        self.name, self.documentation = name, documentation
+        self._value = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        with self._lock:
+            self._value += amount
+
+    def describe(self) -> Iterator[Any]:
+        yield self._family(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            value = self._value
+        yield self._family(self.name, self.documentation, value=value)
