@@ -11,16 +11,24 @@ metrics on (`pip install 'pycni[metrics]'`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pycni import metrics
 from pycni.metrics import MetricsError
 
 if TYPE_CHECKING:
-    from pycni.flannel.daemon import Flanneld
     from pycni.flannel.kernel import Outcome, Wanted
+    from pycni.flannel.watcher import LeaseWatcher
 
 __all__ = ["FlannelMetrics", "MetricsError"]
+
+
+class Daemon(Protocol):
+    """What the metrics read from flanneld's daemon (daemon.Flanneld, which imports this module)."""
+
+    metrics: FlannelMetrics | None
+    watcher: LeaseWatcher
+    expires: float  # time.monotonic() when its lease expires
 
 
 class FlannelMetrics(metrics.DaemonMetrics):
@@ -53,7 +61,7 @@ class FlannelMetrics(metrics.DaemonMetrics):
             "flannel_lease_renewal_failures", "Renewals of this node's lease that failed (retried in a minute).", registry=r
         )
 
-    def attach(self, daemon: Flanneld) -> None:
+    def attach(self, daemon: Daemon) -> None:
         """Gauges read from the daemon at each scrape, and its hooks."""
         daemon.metrics = self
         self.leases.set_function(lambda: len(daemon.watcher.snapshot()))
