@@ -144,6 +144,9 @@ def test_a_metrics_port_in_use_is_refused_before_anything(one_node: CalicoCluste
     message = f"cannot serve Prometheus metrics on 0.0.0.0:{out.stdout.strip()} (FELIX_PROMETHEUSMETRICSHOST / "
     assert message in out.stderr and "Address already in use" in out.stderr, out.stderr
     assert_nothing_made(one_node)
+    # Nothing half-made stands in the way of the next start; without the setting, no metrics port.
+    proc = one_node.start(node)
+    assert listening_ports(proc.pid) == {9099}  # the health port only
 
 
 def assert_nothing_made(cc: CalicoCluster) -> None:
