@@ -132,6 +132,7 @@ def test_prometheus_metrics(one_node: CalicoCluster) -> None:
     assert value(got, "calico_node_datastore_errors_total") == 0.0
     assert value(got, "felix_active_local_policies") is not None
     assert (value(got, "calico_node_policy_apply_seconds_count") or 0) >= 1
+    assert (value(got, "felix_int_dataplane_apply_time_seconds_count") or 0) >= 2  # the listing, the endpoint
     assert (value(got, "process_start_time_seconds") or 0) > 0
 
 

@@ -39,6 +39,11 @@ class Metrics(metrics.DaemonMetrics):
         self.dataplane_failures = FelixCounter(
             self.prometheus, "felix_int_dataplane_failures", "Number of times dataplane updates failed and will be retried.", r
         )
+        # felix's: one update from the datastore applied to the whole dataplane (every component:
+        # routes, policy, NAT); calico_node_policy_apply_seconds is the policy table's share.
+        self.apply_time = self.prometheus.Summary(
+            "felix_int_dataplane_apply_time_seconds", "Time in seconds that it took to apply a dataplane update.", registry=r
+        )
         self.routes = Gauge("calico_node_routes", "Routes calico-node has programmed, by kind.", ["kind"], registry=r)
         self.bgp_peers = Gauge(
             "calico_node_bgp_peers", "BGP peers of this node's BIRD, by state.", ["ip_version", "state"], registry=r
@@ -47,6 +52,9 @@ class Metrics(metrics.DaemonMetrics):
         self.component_errors = Counter(
             "calico_node_component_errors", "Failures of a dataplane component.", ["component"], registry=r
         )
+
+    def dataplane_applied(self, seconds: float) -> None:
+        self.apply_time.observe(seconds)
 
     def datastore_error(self) -> None:
         self.datastore_errors.inc()
