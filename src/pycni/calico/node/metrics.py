@@ -45,8 +45,9 @@ class Metrics(metrics.DaemonMetrics):
             "felix_int_dataplane_apply_time_seconds", "Time in seconds that it took to apply a dataplane update.", registry=r
         )
         self.routes = Gauge("calico_node_routes", "Routes calico-node has programmed, by kind.", ["kind"], registry=r)
+        # Calico's BGP metric (calico-node's BIRD statistics): its name, labels and values.
         self.bgp_peers = Gauge(
-            "calico_node_bgp_peers", "BGP peers of this node's BIRD, by state.", ["ip_version", "state"], registry=r
+            "bgp_peers", "Total number of peers with a specific BGP connection status.", ["ip_version", "status"], registry=r
         )
         self.datastore_errors = Counter("calico_node_datastore_errors", "Failed datastore requests and lost watches.", registry=r)
         self.component_errors = Counter(
