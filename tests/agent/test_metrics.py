@@ -23,8 +23,8 @@ def test_calls_latency_in_flight_and_declines(agent_dir: Path, launchers: Path, 
     try:
         assert call(launchers, "loopback", "ADD", LOOPBACK, netns=netns.path).returncode == 0
         assert call(launchers, "loopback", "DEL", LOOPBACK, netns=netns.path).returncode == 0
-        bad = call(launchers, "loopback", "ADD", {**LOOPBACK, "cniVersion": "9.9.9"}, netns=netns.path)
-        assert bad.returncode == 1 and bad.json["code"] == 1
+        bad = call(launchers, "loopback", "ADD", b"not json", netns=netns.path)
+        assert bad.returncode == 1 and bad.json["code"] == 6
         # One slow call in flight; the next finds the agent full and runs in-process.
         slow: list[PluginRun] = []
         conf = sleep_conf(agent_dir / "record.jsonl", 1.5)
@@ -43,7 +43,7 @@ def test_calls_latency_in_flight_and_declines(agent_dir: Path, launchers: Path, 
     calls = "pycni_agent_calls_total"
     assert value(samples, calls, plugin="loopback", command="ADD", code="0") == 1.0
     assert value(samples, calls, plugin="loopback", command="DEL", code="0") == 1.0
-    assert value(samples, calls, plugin="loopback", command="ADD", code="1") == 1.0
+    assert value(samples, calls, plugin="loopback", command="ADD", code="6") == 1.0  # the CNI code, not the exit code
     assert value(samples, calls, plugin="pct-sleep", command="ADD", code="0") == 1.0
     assert value(samples, calls, plugin="loopback", command="VERSION", code="0") is None  # declined: ran in-process
     assert value(samples, "pycni_agent_calls_in_flight") == 0.0

@@ -1,8 +1,8 @@
 """The agent's Prometheus metrics, off unless `pycni agent --metrics-address HOST:PORT` (or
 PYCNI_METRICS_ADDRESS) is given.
 
-What the agent can see is what it counts: the calls it ran (by plugin, command and the exit
-code the launcher got), how long they took from acceptance to answer, the calls running now,
+What the agent can see is what it counts: the calls it ran (by plugin, command and the CNI
+result code the launcher got), how long they took from acceptance to answer, the calls running now,
 and the calls it declined (each one a launcher that then ran the call in-process). A launcher
 that falls back because no agent answers at all cannot be counted here: the agent is not
 there to count it; the launcher writes why in the plugin log, and the agent's absence shows
@@ -14,8 +14,11 @@ loads prometheus-client.
 
 from __future__ import annotations
 
+import json
+
 from pycni import metrics
 from pycni.metrics import MetricsError
+from pycni.skel import Outcome
 
 __all__ = ["AgentMetrics", "MetricsError"]
 
@@ -30,6 +33,17 @@ DECLINE_REASONS = {
 }
 
 
+def result_code(outcome: Outcome) -> str:
+    """The CNI result code: 0, or the error's `code` (7 invalid configuration, 11 try again
+    later...), which says more than the exit code 1 every error has."""
+    if outcome.code == 0:
+        return "0"
+    try:
+        return str(int(json.loads(outcome.stdout)["code"]))
+    except (ValueError, TypeError, KeyError):
+        return "unknown"
+
+
 class AgentMetrics(metrics.DaemonMetrics):
     SETTING = f"--metrics-address / {ADDRESS_ENV}"
 
@@ -37,7 +51,7 @@ class AgentMetrics(metrics.DaemonMetrics):
         super().__init__()
         prometheus, r = self.prometheus, self.registry
         self.calls = prometheus.Counter(
-            "pycni_agent_calls", "Plugin calls the agent ran, by plugin, command and exit code.",
+            "pycni_agent_calls", "Plugin calls the agent ran, by plugin, command and CNI result code (0: success).",
             ["plugin", "command", "code"], registry=r,
         )  # fmt: skip
         self.duration = prometheus.Histogram(
@@ -55,10 +69,10 @@ class AgentMetrics(metrics.DaemonMetrics):
     def call_accepted(self) -> None:
         self.in_flight.inc()
 
-    def call_answered(self, plugin: str, command: str, code: int, seconds: float) -> None:
+    def call_answered(self, plugin: str, command: str, outcome: Outcome, seconds: float) -> None:
         command = command if command in COMMANDS else "other"
         self.in_flight.dec()
-        self.calls.labels(plugin=plugin, command=command, code=str(code)).inc()
+        self.calls.labels(plugin=plugin, command=command, code=result_code(outcome)).inc()
         self.duration.labels(plugin=plugin, command=command).observe(seconds)
 
     def call_declined(self, reason: str) -> None:

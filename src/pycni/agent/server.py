@@ -324,7 +324,7 @@ class Agent:
         else:
             outcome = self._timed_out(call, timeout)
         if self.metrics is not None:
-            self.metrics.call_answered(plugin_type, env.get("CNI_COMMAND", ""), outcome.code, time.monotonic() - accepted)
+            self.metrics.call_answered(plugin_type, env.get("CNI_COMMAND", ""), outcome, time.monotonic() - accepted)
         conn.settimeout(REQUEST_TIMEOUT)
         conn.sendall(protocol.encode_result(outcome.code, outcome.stdout, outcome.stderr))
 
