@@ -7,10 +7,10 @@ PYTHON=${PYTHON:-python3}
 scratch=$(mktemp -d /tmp/pycni-lock.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 "$PYTHON" -m venv "$scratch/venv"
-"$scratch/venv/bin/pip" install -q --disable-pip-version-check ".[calico,etcd,test]"
+"$scratch/venv/bin/pip" install -q --disable-pip-version-check ".[calico,etcd,metrics,test]"
 {
   echo "# Exact versions of what \`make setup\` installs (CI, the demo, the tests): pycni's dependencies,"
-  echo "# its extras (calico, etcd) and the test tools. The ranges are in pyproject.toml; \`make lock\`"
+  echo "# its extras (calico, etcd, metrics) and the test tools. The ranges are in pyproject.toml; \`make lock\`"
   echo "# renews this file from them."
   "$scratch/venv/bin/pip" freeze --all --exclude pycni --exclude pip
 } > requirements.lock

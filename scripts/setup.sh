@@ -49,7 +49,7 @@ fi
 stamp=.venv/.deps-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock setuptools wheel 2>&1 | quiet
-  .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock ".[calico,etcd,test]" 2>&1 | quiet
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock ".[calico,etcd,metrics,test]" 2>&1 | quiet
   # Wheels of the core dependencies, for tests/test_package.py: it installs pycni into a fresh
   # virtualenv inside the tests' private network namespace, where there is no network.
   rm -rf .venv/wheelhouse

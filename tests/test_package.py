@@ -110,3 +110,7 @@ def test_the_seed_calico_conflist_runs_from_the_installed_package(installed: Pat
     conf.update(datastore_type="etcdv3", etcd_endpoints="http://127.0.0.1:2379")
     etcd = run_plugin(bin_dir / "calico", "ADD", conf, netns=ns.path, env={"PYCNI_LOG_FILE": str(tmp_path / "pycni.log")})
     assert etcd.returncode == 1 and etcd.json["code"] == 7 and "pip install 'pycni[etcd]'" in etcd.json["msg"], etcd.stdout
+    agent = [venv_bin / "pycni", "agent", "--socket", tmp_path / "a.sock", "--metrics-address", "127.0.0.1:9", "--log-file"]
+    metrics = subprocess.run([*agent, tmp_path / "a.log"], capture_output=True, text=True, check=False, timeout=60)
+    assert metrics.returncode == 1 and "pip install 'pycni[metrics]'" in metrics.stderr, metrics.stderr
+    assert not (tmp_path / "a.sock").exists()

@@ -66,12 +66,14 @@ def no_stray_agents() -> Iterator[None]:
         _started.pop().kill()
 
 
-def start_agent(directory: Path, *extra: str, cli: bool = False) -> AgentProcess:
-    """`pycni agent` itself (cli=True), or the same server also serving the test plugins."""
+def start_agent(directory: Path, *extra: str, cli: bool = False, env: dict[str, str] | None = None) -> AgentProcess:
+    """`pycni agent` itself (cli=True), or the same server also serving the test plugins;
+    `env` is added to the agent's environment."""
     sock, log = directory / "agent.sock", directory / "agent.log"
     entry = ["pycni.cli.main", "agent"] if cli else ["tests.agent.agent_host"]
     argv = [sys.executable, "-m", *entry, "--socket", str(sock), "--log-file", str(log), *extra]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    full_env = {**os.environ, **env} if env else None
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
     deadline = time.monotonic() + 60
     while not answers(sock):
         if proc.poll() is not None:

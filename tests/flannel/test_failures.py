@@ -13,6 +13,7 @@ from pycni.flannel.config import kernel_has_ipip
 from tests.cluster.harness import Cluster
 from tests.flannel.conftest import flannel_cluster
 from tests.flannel.flannelcluster import VENV_BIN, FlannelCluster, mesh, network_config
+from tests.metrics import holding_a_port, listening_ports
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,40 @@ def test_bad_flags(bare: FlannelCluster, args: list[str], code: int, message: st
     out = run_flanneld(bare, *args)
     assert (out.returncode, message in out.stderr) == (code, True), out.stderr
     nothing_written(bare)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--metrics-address=127.0.0.1:{port}"], {}, "cannot serve Prometheus metrics on 127.0.0.1:{port} (--metrics-address"),
+        ([], {"FLANNELD_METRICS_ADDRESS": "127.0.0.1:{port}"}, "FLANNELD_METRICS_ADDRESS): Address already in use"),
+        (["--healthz-ip=127.0.0.1", "--healthz-port={port}"], {}, "cannot serve healthz on 127.0.0.1:{port} (--healthz-ip"),
+    ],
+)
+def test_an_address_in_use_stops_flanneld_before_anything(
+    bare: FlannelCluster, args: list[str], env: dict[str, str], message: str
+) -> None:
+    node = bare.cluster.nodes[0]
+    bare.set_config(network_config("vxlan"))
+    assert bare.cluster.etcd is not None
+    flanneld = [str(VENV_BIN / "flanneld"), f"--etcd-endpoints={bare.cluster.etcd.endpoint}", *args]
+    out = node.run(*holding_a_port(flanneld), env=env, check=False, timeout=90)
+    assert out.returncode == 1, out.stderr
+    assert message.replace("{port}", out.stdout.strip()) in out.stderr and "Address already in use" in out.stderr
+    nothing_written(bare)
+
+
+def test_metrics_are_off_by_default(bare: FlannelCluster) -> None:
+    node = bare.cluster.nodes[0]
+    bare.set_config(network_config("host-gw", network="10.1.0.0/16"))
+    try:
+        proc = bare.start(node)
+        assert listening_ports(proc.pid) == set()
+    finally:
+        bare.stop(node)
+        bare.etcdctl("del", "--prefix", "/coreos.com/network/subnets/")
+        (node.private("/run/flannel") / "subnet.env").unlink(missing_ok=True)
+        node.run("nft", "delete", "table", "ip", "flannel-ipv4", check=False)
 
 
 def test_host_gw_behind_nat_is_refused(bare: FlannelCluster) -> None:

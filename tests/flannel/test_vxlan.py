@@ -18,9 +18,11 @@ from tests.cluster.harness import wait_until
 from tests.flannel.conftest import flannel_cluster
 from tests.flannel.flannelcluster import FlannelCluster, conflist, mesh
 from tests.flannel.kernelstate import actual_vxlan, dump, expected_vxlan
+from tests.metrics import listening_ports, scrape, value
 
 HEALTHZ_PORT = 10256
-ARGS = ["--ip-masq", "--iptables-resync=1", f"--healthz-port={HEALTHZ_PORT}"]
+METRICS = "127.0.0.1:10257"
+ARGS = ["--ip-masq", "--iptables-resync=1", f"--healthz-port={HEALTHZ_PORT}", f"--metrics-address={METRICS}"]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,21 @@ def test_healthz(fc: FlannelCluster) -> None:
             f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{HEALTHZ_PORT}{path}').read().decode())",
         )
         assert out.stdout.strip().startswith(body)
+
+
+def test_metrics(fc: FlannelCluster) -> None:
+    node = fc.cluster.nodes[0]
+    samples = scrape(METRICS, run=lambda code: node.run("python3", "-c", code).stdout)
+    assert value(samples, "flannel_subnet_leases") == 3.0
+    assert value(samples, "flannel_routes", ip_version="4") == 2.0  # one per other node
+    assert (value(samples, "flannel_dataplane_sync_duration_seconds_count") or 0) >= 1
+    assert (value(samples, "flannel_dataplane_changes_total", action="written") or 0) >= 1
+    assert value(samples, "flannel_dataplane_failures_total") is not None
+    assert value(samples, "flannel_lease_renewal_failures_total") == 0.0
+    expiry = value(samples, "flannel_lease_expiry_timestamp_seconds")
+    assert expiry is not None and time.time() < expiry <= time.time() + 24 * 3600 + 5
+    assert (value(samples, "process_start_time_seconds") or 0) > 0
+    assert sorted(listening_ports(fc.daemons[node.name].pid)) == [HEALTHZ_PORT, int(METRICS.rsplit(":", 1)[1])]
 
 
 def test_masquerade_rules_restored_when_removed_or_reordered(fc: FlannelCluster) -> None:

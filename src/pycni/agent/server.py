@@ -41,6 +41,10 @@ from pycni.launcher import DEFAULT_AGENT_SOCKET
 from pycni.runtime.delegate import DELEGATED_ENV
 from pycni.spec.errors import CNIError, Code
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pycni.agent.metrics import AgentMetrics
+
 log = logging.getLogger("pycni.agent")
 
 DEFAULT_CALL_TIMEOUT = 120.0  # libcni runtimes give a plugin as long (pycni.runtime.invoke)
@@ -134,6 +138,7 @@ class Agent:
         max_calls: int = DEFAULT_MAX_CALLS,
         resolve: Resolver = skel.plugin_module,
         fault_injection: bool = False,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
         self.call_timeout = call_timeout
@@ -141,6 +146,7 @@ class Agent:
         # Tests only: honour a call's PYCNI_FAULT (`pycni.faults`), which may SIGKILL the agent.
         self.fault_injection = fault_injection
         self.lines = AttachmentLines()
+        self.metrics = metrics  # pycni.agent.metrics, when `--metrics-address` is given
         self._slots = threading.BoundedSemaphore(max_calls)
         self._listener: socket.socket | None = None
         self._lock_fd: int | None = None
@@ -263,6 +269,8 @@ class Agent:
             return
         reason = self._decline_reason(pid)
         if reason:
+            if self.metrics is not None:
+                self.metrics.call_declined(reason)
             conn.sendall(protocol.encode_declined(reason))
             return
         try:
@@ -271,7 +279,10 @@ class Agent:
             conn.sendall(_error(err, stdin))
             return
         if not self._slots.acquire(blocking=False):
-            conn.sendall(protocol.encode_declined("the agent is running as many calls as it may"))
+            busy = "the agent is running as many calls as it may"
+            if self.metrics is not None:
+                self.metrics.call_declined(busy)
+            conn.sendall(protocol.encode_declined(busy))
             return
         try:
             env = {os.fsdecode(key): os.fsdecode(value) for key, value in raw_env.items()}
@@ -302,6 +313,9 @@ class Agent:
             if ticket is not None:
                 ticket.give_up()  # the launcher is gone before anything ran
             raise
+        accepted = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.call_accepted()
         worker = threading.Thread(target=self._work, args=(call,), name=f"pycni-{plugin_type}", daemon=True)
         worker.start()
         if call.done.wait(timeout):
@@ -309,6 +323,8 @@ class Agent:
             outcome = call.outcome
         else:
             outcome = self._timed_out(call, timeout)
+        if self.metrics is not None:
+            self.metrics.call_answered(plugin_type, env.get("CNI_COMMAND", ""), outcome, time.monotonic() - accepted)
         conn.settimeout(REQUEST_TIMEOUT)
         conn.sendall(protocol.encode_result(outcome.code, outcome.stdout, outcome.stderr))
 

@@ -259,15 +259,31 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
     log_file = opts.log_file or logs.env_file(os.environ)
     logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
+    served = _agent_metrics(opts.metrics_address)
     agent = server.Agent(
-        opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection
-    )
+        opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection,
+        metrics=served[0] if served else None,
+    )  # fmt: skip
     try:
         return server.run(agent)
     except RuntimeError as exc:
         raise CNIError(Code.IO_FAILURE, str(exc)) from None
     except OSError as exc:
         raise CNIError(Code.IO_FAILURE, f"cannot listen on {opts.socket}: {exc.strerror or exc}") from None
+    finally:
+        if served:
+            served[1].stop()
+
+
+def _agent_metrics(address: str | None) -> Any:
+    """Bound before the agent takes its socket: an address in use stops it with nothing made."""
+    from pycni.agent import metrics
+    from pycni.extras import MissingExtra
+
+    try:
+        return metrics.AgentMetrics.start(address or os.environ.get(metrics.ADDRESS_ENV, ""))
+    except (metrics.MetricsError, MissingExtra) as exc:
+        raise CNIError(Code.IO_FAILURE, f"pycni agent: {exc}", "the agent did not start") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="N", help="rotate the log at this size")
     p.add_argument("--log-backups", type=int, default=5, metavar="N", help="rotated logs kept")
+    p.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this address (default $PYCNI_METRICS_ADDRESS; off when neither is set)",
+    )
     p.add_argument(
         "--enable-fault-injection",
         action="store_true",

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from pycni.flannel import backends, kernel, subnetenv
 from pycni.flannel.backends import Local
@@ -31,6 +32,9 @@ from pycni.flannel.lease import SUBNET_TTL, Lease
 from pycni.flannel.masq import Masquerade, Plan
 from pycni.flannel.monitor import KernelMonitor
 from pycni.flannel.watcher import LeaseWatcher
+
+if TYPE_CHECKING:
+    from pycni.flannel.metrics import FlannelMetrics
 
 log = logging.getLogger("flanneld")
 
@@ -200,6 +204,7 @@ class Flanneld:
             )
         self.masq = Masquerade(plans)
         self.expires = time.monotonic() + SUBNET_TTL
+        self.metrics: FlannelMetrics | None = None  # FlannelMetrics.attach, with --metrics-address
 
     @property
     def mtu(self) -> int:
@@ -214,6 +219,8 @@ class Flanneld:
         wanted = backends.wanted(self.config, self.ext, self.local, leases)
         outcome = kernel.sync(wanted, self.versions())
         took = (time.monotonic() - started) * 1000
+        if self.metrics is not None:
+            self.metrics.synced(wanted, outcome, took / 1000, self.versions())
         self.status.reconciles += 1
         self.status.last_outcome = outcome
         if outcome.written or outcome.deleted:
@@ -293,10 +300,12 @@ class Flanneld:
                 self.reconcile()
                 pause = 0.0
             except (kernel.KernelError, OSError) as exc:
+                self._failed()
                 self.status.problems["dataplane"] = str(exc)
                 log.error("Dataplane: %s (retrying)", exc)
                 pause = 1.0
             except Exception as exc:  # noqa: BLE001 - a netlink error: retried on the next pass
+                self._failed()
                 self.status.problems["dataplane"] = f"{type(exc).__name__}: {exc}"
                 log.error("Dataplane: %s (retrying)", self.status.problems["dataplane"])
                 pause = 1.0
@@ -307,6 +316,10 @@ class Flanneld:
                 self._rules()
             if now >= self._renew_at():
                 self._renew()
+
+    def _failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.failures.inc()
 
     def _update_etcd_problem(self) -> None:
         if self.watcher.problem:
@@ -332,11 +345,15 @@ class Flanneld:
             ttl = self.registry.refresh(self.local.lease.etcd_lease)
         except EtcdUnavailable as exc:
             log.error("Error renewing lease (trying again in 1 min): %s", exc)
+            if self.metrics is not None:
+                self.metrics.renewal_failures.inc()
             self.expires = time.monotonic() + self.options.renew_margin * 60 + 60
             return
         if ttl <= 0:
             raise LeaseRevoked(f"this node's lease {self.local.lease.key} expired in etcd")
         self.expires = time.monotonic() + ttl
+        if self.metrics is not None:
+            self.metrics.renewals.inc()
         log.info("Lease renewed, new expiration in %d s", ttl)
 
     def stop(self) -> None:

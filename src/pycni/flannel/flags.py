@@ -61,6 +61,7 @@ FLAGS = (
     Flag("version", "bool", False, "print version and exit"),
     Flag("healthz-ip", "string", "0.0.0.0", "the IP address for healthz server to listen"),
     Flag("healthz-port", "int", 0, "the port for healthz server to listen(0 to disable)"),
+    Flag("metrics-address", "string", "", "serve Prometheus metrics on HOST:PORT, apart from healthz (pycni's; empty: off)"),
     Flag("iptables-resync", "int", 5, "resync period for the masquerade and forward rules (nftables), in seconds"),
     Flag("iptables-forward-rules", "bool", True, "add default accept rules to the forward chain"),
     Flag("ip-blackhole-route", "bool", False, "add blackroute route ont the node for the local podCIDR (not supported)"),

@@ -22,6 +22,7 @@ from pycni.flannel import flags, iface, subnetenv
 from pycni.flannel.daemon import Flanneld, LeaseRevoked, Options, StartupError, acquire, device_macs
 from pycni.flannel.etcd import ConfigNotFound, EtcdOptions, EtcdUnavailable, Registry
 from pycni.flannel.kernel import KernelError
+from pycni.flannel.metrics import FlannelMetrics, MetricsError
 from pycni.net.nft import NftError
 
 log = logging.getLogger("flanneld")
@@ -109,6 +110,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts["kube-subnet-mgr"]:
         log.error("--kube-subnet-mgr: the Kubernetes subnet manager is not supported; pycni's flanneld keeps leases in etcd")
         return 1
+    # Both addresses are bound before anything else: one in use stops flanneld with no lease
+    # taken and nothing configured.
+    try:
+        served = FlannelMetrics.start(opts["metrics-address"])
+        if served:
+            log.info("Serving Prometheus metrics on %s", served[1].address)
+        if int(opts["healthz-port"]) > 0:
+            _healthz(opts["healthz-ip"], int(opts["healthz-port"]))
+    except (MetricsError, MissingExtra) as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error(
+            "cannot serve healthz on %s:%s (--healthz-ip / --healthz-port): %s",
+            opts["healthz-ip"], opts["healthz-port"], exc.strerror or exc,
+        )  # fmt: skip
+        return 1
     stop = threading.Event()
     daemon: Flanneld | None = None
 
@@ -119,8 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if int(opts["healthz-port"]) > 0:
-        _healthz(opts["healthz-ip"], int(opts["healthz-port"]))
     options = EtcdOptions(
         opts["etcd-endpoints"], opts["etcd-prefix"], opts["etcd-keyfile"], opts["etcd-certfile"], opts["etcd-cafile"],
         opts["etcd-username"], opts["etcd-password"],
@@ -174,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
     daemon = Flanneld(registry, config, ext, local, flannel_options)
     _Health.daemon = daemon
+    if served:
+        served[0].attach(daemon)
     if stop.is_set():
         return 0
     try:

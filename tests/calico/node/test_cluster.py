@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.harness import Cluster, Node, wait_until
+from tests.metrics import Samples, scrape, value
 
 from .calicocluster import CalicoCluster, PodInfo, conflist, reach
 
@@ -36,7 +37,7 @@ def pool_cidr() -> str:
 @pytest.fixture(params=sorted(MODES))
 def calico(request: pytest.FixtureRequest) -> Iterator[CalicoCluster]:
     with Cluster(nodes=3) as cluster:
-        cc = CalicoCluster.create(cluster, pool_cidr(), MODES[request.param])
+        cc = CalicoCluster.create(cluster, pool_cidr(), {**MODES[request.param], "FELIX_PROMETHEUSMETRICSENABLED": "true"})
         cc.mode = request.param  # type: ignore[attr-defined]
         try:
             for node in cluster.nodes:
@@ -92,6 +93,22 @@ def test_three_nodes_three_pods_each_reach_each_other(calico: CalicoCluster) -> 
             assert node.ip("-d", "link", "show", "vxlan.calico").stdout.count("vxlan id 4096") == 1
         assert calico.probe(node, "-felix-ready").returncode == 0
         assert calico.probe(node, "-felix-live").returncode == 0
+    first = cluster.nodes[0]
+
+    def metrics() -> Samples:
+        return scrape("127.0.0.1:9091", run=lambda code: first.run("python3", "-c", code, check=False).stdout)
+
+    def counted() -> bool:
+        got = metrics()
+        if calico.mode == "bird":  # type: ignore[attr-defined]
+            return value(got, "bgp_peers", ip_version="IPv4", status="Established") == 2.0
+        # A block per node: two routes through vxlan.calico, a blackhole for its own.
+        return value(got, "calico_node_routes", kind="vxlan") == 3.0
+
+    wait_until(counted, timeout=30, what="the node's metrics")
+    got = metrics()
+    assert value(got, "felix_active_local_endpoints") == 3.0
+    assert value(got, "felix_cluster_num_workload_endpoints") == 9.0 and value(got, "felix_cluster_num_hosts") == 3.0
     wide = calico.calicoctl(cluster.nodes[0], "get", "nodes", "-o", "wide").stdout
     assert wide.split("\n")[0].split() == ["NAME", "ASN", "IPV4", "IPV6"]
     for node in cluster.nodes:

@@ -5,7 +5,6 @@ without it. A refused start creates nothing in the datastore."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ import pytest
 
 from pycni.calico.node import ipip
 from tests.cluster.harness import Cluster, wait_until
+from tests.metrics import Samples, free_port, holding_a_port, listening_ports, scrape, value
 
 from .calicocluster import VENV_BIN, CalicoCluster, reach
 from .test_cluster import MODES, pool_cidr
@@ -33,10 +33,7 @@ def refused(cc: CalicoCluster, **env: str) -> str:
     node = cc.cluster.nodes[0]
     out = node.run(str(VENV_BIN / "calico-node"), env={**cc.env, **env}, check=False, timeout=90)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert cc.cluster.etcd is not None
-    keys = cc.cluster.etcd.etcdctl("get", "--prefix", "--keys-only", "/calico/resources/v3/projectcalico.org/nodes/").stdout
-    assert node.name not in keys
-    assert not (node.private("/var/lib/calico") / "nodename").exists()
+    assert_nothing_made(cc)
     return out.stderr
 
 
@@ -115,40 +112,50 @@ def test_etcd_unreachable_keeps_the_dataplane_and_converges_after() -> None:
             cc.close()
 
 
-def test_prometheus_metrics_and_a_port_in_use(one_node: CalicoCluster) -> None:
+def test_prometheus_metrics(one_node: CalicoCluster) -> None:
     node = one_node.cluster.nodes[0]
-    port = str(9200 + secrets.randbelow(500))
-    one_node.start(node, {"FELIX_PROMETHEUSMETRICSENABLED": "true", "FELIX_PROMETHEUSMETRICSPORT": port})
+    port = str(free_port())
+    proc = one_node.start(node, {"FELIX_PROMETHEUSMETRICSENABLED": "true", "FELIX_PROMETHEUSMETRICSPORT": port})
+    assert listening_ports(proc.pid) == {int(port), 9099}  # and the health port
     one_node.add_pod(node)
 
-    def scrape() -> str:
-        out = node.run(
-            "python3",
-            "-c",
-            f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())",
-            check=False,
-        )
-        return out.stdout
+    def samples() -> Samples:
+        return scrape(f"127.0.0.1:{port}", run=lambda code: node.run("python3", "-c", code, check=False).stdout)
 
-    wait_until(lambda: "felix_active_local_endpoints 1.0" in scrape(), timeout=30, what="metrics")
-    text = scrape()
-    for name in (
-        "felix_cluster_num_hosts 1.0",
-        "calico_node_routes",
-        "calico_node_datastore_errors_total",
-        "felix_resyncs_started_total",
-    ):
-        assert name in text, text
-    out = node.run(
-        str(VENV_BIN / "calico-node"),
-        env={
-            **one_node.env,
-            "FELIX_PROMETHEUSMETRICSENABLED": "true",
-            "FELIX_PROMETHEUSMETRICSPORT": port,
-            "FELIX_HEALTHENABLED": "false",
-        },
-        check=False,
-        timeout=60,
-    )
-    assert out.returncode == 1
-    assert f"cannot serve Prometheus metrics on 0.0.0.0:{port}" in out.stderr and "Address already in use" in out.stderr
+    wait_until(lambda: value(samples(), "felix_active_local_endpoints") == 1.0, timeout=30, what="metrics")
+    got = samples()
+    assert value(got, "felix_cluster_num_hosts") == 1.0
+    assert value(got, "felix_cluster_num_workload_endpoints") == 1.0
+    assert value(got, "felix_resyncs_started") == 1.0  # felix's names, without prometheus-client's _total
+    assert value(got, "felix_int_dataplane_failures") == 0.0
+    assert value(got, "calico_node_routes", kind="vxlan") is not None
+    assert value(got, "calico_node_datastore_errors_total") == 0.0
+    assert value(got, "felix_active_local_policies") is not None
+    assert (value(got, "calico_node_policy_apply_seconds_count") or 0) >= 1
+    assert (value(got, "felix_int_dataplane_apply_time_seconds_count") or 0) >= 2  # the listing, the endpoint
+    assert (value(got, "process_start_time_seconds") or 0) > 0
+
+
+def test_a_metrics_port_in_use_is_refused_before_anything(one_node: CalicoCluster) -> None:
+    """Refused before the node is registered: no node, no nodename, no pid file, no table."""
+    node = one_node.cluster.nodes[0]
+    env = {**one_node.env, "FELIX_PROMETHEUSMETRICSENABLED": "true", "FELIX_PROMETHEUSMETRICSPORT": "{port}"}
+    out = node.run(*holding_a_port([str(VENV_BIN / "calico-node")]), env=env, check=False, timeout=90)
+    assert out.returncode == 1, out.stderr
+    message = f"cannot serve Prometheus metrics on 0.0.0.0:{out.stdout.strip()} (FELIX_PROMETHEUSMETRICSHOST / "
+    assert message in out.stderr and "Address already in use" in out.stderr, out.stderr
+    assert_nothing_made(one_node)
+    # Nothing half-made stands in the way of the next start; without the setting, no metrics port.
+    proc = one_node.start(node)
+    assert listening_ports(proc.pid) == {9099}  # the health port only
+
+
+def assert_nothing_made(cc: CalicoCluster) -> None:
+    node = cc.cluster.nodes[0]
+    assert cc.cluster.etcd is not None
+    keys = cc.cluster.etcd.etcdctl("get", "--prefix", "--keys-only", "/calico/resources/v3/projectcalico.org/nodes/").stdout
+    assert node.name not in keys
+    assert not (node.private("/var/lib/calico") / "nodename").exists()
+    assert not (node.private("/var/run/calico") / "calico-node.pid").exists()
+    assert "calico" not in node.run("nft", "list", "tables").stdout
+    assert "vxlan.calico" not in node.ip("link").stdout

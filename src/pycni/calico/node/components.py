@@ -59,6 +59,8 @@ def build(ctx: NodeContext, cfg: NodeConfig) -> list[Component]:
 
 
 WEPS_PREFIX = model.resource_prefix(WORKLOAD_ENDPOINT.plural)
+# Calico's `bgp_peers` statuses (BIRD's BGP states, and Down for a protocol that is down).
+BGP_STATUSES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established", "Close", "Down", "Passive")
 
 
 class MetricsComponent:
@@ -111,14 +113,15 @@ class MetricsComponent:
                 m.routes.labels(kind="vxlan").set(max(comp.programmed, 0))
             if isinstance(comp, BirdComponent):
                 for version in comp.birds:
-                    states: dict[str, int] = {}
+                    states = dict.fromkeys(BGP_STATUSES, 0)
                     try:
                         for peer in comp.peers(version):
-                            states[peer.bgp_state] = states.get(peer.bgp_state, 0) + 1
+                            status = peer.bgp_state if peer.state != "down" else "Down"
+                            states[status] = states.get(status, 0) + 1
                     except Exception:  # noqa: BLE001 - BIRD restarting: no figures this time
                         continue
-                    for state in ("Established", "Active", "Connect", "Idle", "OpenSent", "OpenConfirm"):
-                        m.bgp_peers.labels(ip_version=str(version), state=state).set(states.get(state, 0))
+                    for status, count in states.items():
+                        m.bgp_peers.labels(ip_version=f"IPv{version}", status=status).set(count)
 
     def ready(self) -> str:
         return ""

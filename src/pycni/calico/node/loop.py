@@ -128,15 +128,23 @@ class MainLoop:
         return revision
 
     def _dispatch_listing(self, listing: Sequence[KV]) -> None:
+        started = time.monotonic()
         for comp in self.components:
             part = [kv for kv in listing if matches(comp, kv.key)]
             self._guard(comp, "resync", functools.partial(comp.resync, part))
+        self._applied(started)
 
     def dispatch(self, events: Sequence[WatchEvent]) -> None:
+        started = time.monotonic()
         for comp in self.components:
             part = [e for e in events if matches(comp, e.key)]
             if part:
                 self._guard(comp, "events", functools.partial(comp.on_events, part))
+        self._applied(started)
+
+    def _applied(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.dataplane_applied(time.monotonic() - started)
 
     def reconcile_all(self) -> None:
         for comp in self.components:

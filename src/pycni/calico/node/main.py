@@ -127,6 +127,33 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
         log.error("%s", BirdMissing(cfg.bird_binary))
         return 1
     log.info("Starting node %s (backend %s, datastore %s)", cfg.nodename, cfg.backend, cfg.datastore.kind)
+    # The metrics and health addresses are bound first: one in use is an error before the node
+    # is registered or anything is configured.
+    running: list[MainLoop] = []  # the health endpoint answers "starting" until the loop exists
+    metrics = Metrics() if cfg.metrics_enabled and not only_startup else None
+    servers: list[Any] = []
+    try:
+        if metrics is not None:
+            servers.append(metrics.serve_on(cfg.metrics_host, cfg.metrics_port))
+            log.info("Serving Prometheus metrics on %s", servers[-1].address)
+        if cfg.health_enabled and not only_startup:
+            server = HealthServer(
+                cfg.health_host,
+                cfg.health_port,
+                lambda: running[0].problems() if running else ["calico-node is starting"],
+                lambda: running[0].live() if running else True,
+            )
+            server.start()
+            servers.append(server)
+    except MetricsError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error(
+            "cannot serve the health endpoint on %s:%d (FELIX_HEALTHHOST / FELIX_HEALTHPORT): %s",
+            cfg.health_host, cfg.health_port, exc.strerror or exc,
+        )  # fmt: skip
+        return 1
     try:
         store = startup.open_store(cfg, float(cfg.env.get("CALICO_STARTUP_TIMEOUT", "30") or 30))
         try:
@@ -143,7 +170,6 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
     sysctl.write("net.ipv4.ip_forward", "1")
     if identity.ipv6 is not None:
         sysctl.write("net.ipv6.conf.all.forwarding", "1")
-    metrics = Metrics() if cfg.metrics_enabled else None
     ctx = NodeContext(
         nodename=cfg.nodename,
         ipv4=str(identity.ipv4 or ""),
@@ -168,24 +194,7 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
         resync_interval=cfg.resync_interval,
         metrics=metrics,
     )
-    servers: list[Any] = []
-    try:
-        if metrics is not None:
-            servers.append(metrics.serve(cfg.metrics_host, cfg.metrics_port))
-            log.info("Serving Prometheus metrics on %s:%d", cfg.metrics_host or "0.0.0.0", cfg.metrics_port)
-        if cfg.health_enabled:
-            server = HealthServer(cfg.health_host, cfg.health_port, loop.problems, loop.live)
-            server.start()
-            servers.append(server)
-    except MetricsError as exc:
-        log.error("%s", exc)
-        return 1
-    except OSError as exc:
-        log.error(
-            "cannot serve the health endpoint on %s:%d (FELIX_HEALTHHOST / FELIX_HEALTHPORT): %s",
-            cfg.health_host, cfg.health_port, exc.strerror or exc,
-        )  # fmt: skip
-        return 1
+    running.append(loop)
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("Received %s: stopping", signal.Signals(signum).name)
@@ -207,10 +216,7 @@ def run_daemon(only_startup: bool, cleanup: bool) -> int:
 
         delete_table_if_empty()
     for server in servers:
-        if isinstance(server, HealthServer):
-            server.stop()
-        elif isinstance(server, tuple):
-            server[0].shutdown()
+        server.stop()
     try:
         os.unlink(pid_file)
     except OSError:
