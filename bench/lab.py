@@ -97,7 +97,8 @@ def variants(run_dir: Path) -> dict[str, Variant]:
     logs = {"PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
     return {
         "reference": Variant("reference", "Go reference plugins (/usr/lib/cni)", REFERENCE_DIR),
-        "agent": Variant("agent", "pycni through the agent", bin_dir, dict(logs)),
+        # managed: through the phase's own agent, never one a launcher would start on demand.
+        "agent": Variant("agent", "pycni through the agent", bin_dir, {**logs, "PYCNI_AGENT": "managed"}),
         "in-process": Variant("in-process", "pycni without the agent", bin_dir, {**logs, "PYCNI_AGENT": "off"}),
     }
 
