@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
 SOCKET_ENV = "PYCNI_AGENT_SOCKET"  # overrides the socket a launcher was installed with
 CONNECT_TIMEOUT = 2.0
-# An agent answers HELLO from the thread it starts for the connection, before any work:
-# well within this even with hundreds of calls running. What stays silent longer is not
-# an agent we may use; the call has not been sent, so it runs in-process.
-HELLO_TIMEOUT = 3.0
+# An agent answers HELLO from the thread it starts for the connection, before any work;
+# a socket-activated one (contrib/pycni-agent.socket) once systemd has started it for this
+# very connection: the interpreter and the agent's imports, seconds on a loaded host. What
+# stays silent longer is not an agent we may use; the call has not been sent, so it runs
+# in-process (a stranger on the socket costs each call this long: the log says why, once).
+HELLO_TIMEOUT = 5.0
 # The agent says ACCEPTED as soon as it has read the call. Without it in this time, the
 # call may or may not have been taken: it is treated as lost, never run a second time here.
 ACCEPT_TIMEOUT = 30.0

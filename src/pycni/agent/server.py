@@ -454,7 +454,7 @@ class Agent:
 
 
 def warm_up() -> list[str]:
-    """Import every plugin and what they share, once, before the first call; return
+    """Import every plugin and what they share, once, as the agent starts; return
     the problems met (a plugin that does not import is reported, not fatal)."""
     problems = []
     for plugin_type in registry.discover():
@@ -491,12 +491,15 @@ def run(agent: Agent, grace: float | None = None, lock_wait: float = 0.0) -> int
 
     from pycni.agent import activation
 
-    warm_up()
     inherited = activation.listening_socket()
     if inherited is not None:
         agent.adopt(inherited)
     else:
         agent.bind(lock_wait)
+    # Listening first, warming up alongside: a launcher waiting for the agent it started, or
+    # for systemd's socket to be served, is answered at once, and its call imports only the
+    # plugins it needs (the import lock serialises a module imported by both).
+    threading.Thread(target=warm_up, name="pycni-agent-warm-up", daemon=True).start()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("pycni agent %d: %s, stopping", os.getpid(), signal.Signals(signum).name)
