@@ -165,6 +165,17 @@ def median_ms(samples: list[float]) -> float | None:
     return round(statistics.median(samples) * 1000, 1) if samples else None
 
 
+def adds_summary(walls: list[float], duplicates: int, errors: list[str]) -> dict[str, Any]:
+    """The row of a concurrent-ADDs measurement: median wall time, addresses given twice, failures."""
+    return {
+        "wall": median_ms(walls),
+        "duplicates": duplicates,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "rounds": len(walls),
+    }
+
+
 def ratio(ours: float | None, reference: float | None) -> float | None:
     if ours is None or not reference:
         return None

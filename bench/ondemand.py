@@ -139,13 +139,7 @@ def _crowd(run: Any, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
             agents += agent_pid(_socket(run_dir)) is not None
             if len(addresses) + len(failures) != count:
                 errors.append(f"{count - len(addresses) - len(failures)} ADDs got no answer")
-        out[name] = {
-            "wall": lab.median_ms(walls),
-            "duplicates": duplicates,
-            "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-            "rounds": len(walls),
-        }
+        out[name] = {**lab.adds_summary(walls, duplicates, errors), "agent_running_after": agents}
     return {"count": count, "variants": out}
 
 

@@ -277,13 +277,7 @@ def phase_concurrent(run_dir: Path, params: dict[str, Any], available: list[str]
                 duplicates += len(addresses) - len(set(addresses))
                 if number >= WARMUP:
                     walls.append(wall)
-            out[name] = {
-                "wall": lab.median_ms(walls),
-                "duplicates": duplicates,
-                "errors": len(errors),
-                "first_error": errors[0] if errors else None,
-                "rounds": len(walls),
-            }
+            out[name] = lab.adds_summary(walls, duplicates, errors)
     return {"variants": out, "note": note}
 
 
