@@ -125,6 +125,8 @@ def test_first_call_starts_an_agent_that_later_calls_use(site: Site, netns: NetN
     assert b"--on-demand" in argv and b"--idle-timeout" in argv
     assert os.getsid(pid) == pid, "the agent is not in a session of its own"
     assert Path(f"/proc/{pid}/cwd").resolve() == Path("/")
+    # An environment of its own: nothing of the runtime's or of the call that started it.
+    assert [entry.split(b"=")[0] for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if entry] == [b"PATH"]
     # Only the standard descriptors and the agent's own: nothing of the runtime's.
     fds = {int(fd.name) for fd in Path(f"/proc/{pid}/fd").iterdir()}
     assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
