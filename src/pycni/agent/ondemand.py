@@ -112,9 +112,13 @@ def _spawn_with(argv: list[str], env: dict[str, str], stdin: tuple[str, int, int
         (posix.POSIX_SPAWN_OPEN, 1, *out),
         (posix.POSIX_SPAWN_DUP2, 1, 2),
     ]
+    import signal  # the spawn path only: it imports enum
+
     # setsid: a session and process group of its own, so that a runtime killing the
-    # plugin's process group (or a terminal's ^C) does not kill the agent with it.
-    return posix.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+    # plugin's process group (or a terminal's ^C) does not kill the agent with it. No
+    # signal blocked or ignored because the runtime had it so: SIGTERM must stop the agent.
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    return posix.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigmask=(), setsigdef=stops)
 
 
 def _wait_listening(path: bytes, pid: int, log_file: str) -> str:
