@@ -6,6 +6,7 @@ and socket activation. Real launchers, real agents; every agent a test starts is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -248,8 +249,6 @@ def test_an_agent_that_cannot_take_the_socket_runs_the_call_in_process(site: Sit
     """Another process holds the socket's lock (a hung agent): the agent started on demand
     gives up, and the launcher that started it runs the call itself."""
     holder = os.open(f"{site.socket}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    import fcntl
-
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
         run = site.call("ADD", netns)
