@@ -97,7 +97,8 @@ def variants(run_dir: Path) -> dict[str, Variant]:
     logs = {"PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
     return {
         "reference": Variant("reference", "Go reference plugins (/usr/lib/cni)", REFERENCE_DIR),
-        "agent": Variant("agent", "pycni through the agent", bin_dir, dict(logs)),
+        # managed: through the phase's own agent, never one a launcher would start on demand.
+        "agent": Variant("agent", "pycni through the agent", bin_dir, {**logs, "PYCNI_AGENT": "managed"}),
         "in-process": Variant("in-process", "pycni without the agent", bin_dir, {**logs, "PYCNI_AGENT": "off"}),
     }
 
@@ -162,6 +163,17 @@ def running_agent(run_dir: Path) -> Iterator[Agent]:
 
 def median_ms(samples: list[float]) -> float | None:
     return round(statistics.median(samples) * 1000, 1) if samples else None
+
+
+def adds_summary(walls: list[float], duplicates: int, errors: list[str]) -> dict[str, Any]:
+    """The row of a concurrent-ADDs measurement: median wall time, addresses given twice, failures."""
+    return {
+        "wall": median_ms(walls),
+        "duplicates": duplicates,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "rounds": len(walls),
+    }
 
 
 def ratio(ours: float | None, reference: float | None) -> float | None:

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ondemand
+
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 LABELS = {
@@ -173,6 +175,8 @@ def render(results: dict[str, Any]) -> str:
         body += _concurrent(s["concurrent"], p["concurrency"])
     if "calico" in s:
         body += _calico(s["calico"])
+    if "ondemand" in s:
+        body += ondemand.render(s["ondemand"])
     if "chain" in s or "scale" in s:
         body += _memory(s.get("chain", {}), s.get("scale", {}), p["attachments"])
     return "\n".join(head + body).rstrip() + "\n"

@@ -1,7 +1,7 @@
 """`make bench`: pycni against Debian's Go reference plugins, side by side, in one run.
 
-    python bench/run.py [--rounds 20] [--attachments 500] [--concurrency 64]
-                        [--only chain,scale,concurrent,calico] [--smoke] [--no-readme]
+    python bench/run.py [--rounds 20] [--attachments 500] [--concurrency 256]
+                        [--only chain,scale,concurrent,calico,ondemand] [--smoke] [--no-readme]
 
 Scenarios (each in a private host namespace, see lab.py):
   chain       ADD and DEL of bridge + host-local + portmap + bandwidth driven by one
@@ -12,6 +12,8 @@ Scenarios (each in a private host namespace, see lab.py):
               and no address given twice.
   calico      calico + calico-ipam + portmap + bandwidth with the embedded store and
               with etcd (there is no Go calico to compare with: ours only).
+  ondemand    the agent started on demand: the first chain call, launchers' memory,
+              --concurrency ADDs racing to start it (bench/ondemand.py).
 Every figure is the median of --rounds rounds, after two warm-up rounds. Which of
 our plugins exist is asked of `pycni plugins list`; a scenario whose plugins are
 missing measures the reference alone and says what is missing. The table goes to
@@ -36,18 +38,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab
+import ondemand
 import report
 
 from pycni.runtime import CNIConfig, RuntimeConf
 from pycni.spec.config import NetworkConfigList
 from pycni.spec.errors import CNIError
 
-SCENARIOS = ("chain", "scale", "concurrent", "calico")
+SCENARIOS = ("chain", "scale", "concurrent", "calico", "ondemand")
 NEEDS = {
     "chain": ["bridge", "host-local", "portmap", "bandwidth"],
     "scale": ["bridge", "host-local", "portmap", "bandwidth"],
     "concurrent": ["host-local"],
     "calico": ["calico", "calico-ipam", "portmap", "bandwidth"],
+    "ondemand": ["bridge", "host-local", "portmap", "bandwidth"],
 }
 WARMUP = 2
 BANDWIDTH = {"ingressRate": 10_000_000, "ingressBurst": 100_000, "egressRate": 10_000_000, "egressBurst": 100_000}
@@ -273,13 +277,7 @@ def phase_concurrent(run_dir: Path, params: dict[str, Any], available: list[str]
                 duplicates += len(addresses) - len(set(addresses))
                 if number >= WARMUP:
                     walls.append(wall)
-            out[name] = {
-                "wall": lab.median_ms(walls),
-                "duplicates": duplicates,
-                "errors": len(errors),
-                "first_error": errors[0] if errors else None,
-                "rounds": len(walls),
-            }
+            out[name] = lab.adds_summary(walls, duplicates, errors)
     return {"variants": out, "note": note}
 
 
@@ -294,7 +292,8 @@ def concurrent_adds(
         "type": "bridge",
         "ipam": {
             "type": "host-local",
-            "ranges": [[{"subnet": f"10.{150 + index}.{number % 250}.0/24"}]],
+            # A /22: room for 256 ADDs and more (a /24 has 253 addresses).
+            "ranges": [[{"subnet": f"10.{150 + index}.{number % 60 * 4}.0/22"}]],
             "dataDir": str(data_dir),
         },
     }
@@ -412,6 +411,7 @@ PHASES: dict[str, Callable[[Path, dict[str, Any], list[str]], dict[str, Any]]] =
     "scale": phase_scale,
     "concurrent": phase_concurrent,
     "calico": phase_calico,
+    "ondemand": ondemand.phase_ondemand,
 }
 
 
@@ -439,7 +439,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--attachments", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--smoke", action="store_true", help="one round, 3 attachments, 4 concurrent ADDs: does it run?")
     parser.add_argument("--no-readme", action="store_true", help="print the table only")

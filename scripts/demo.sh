@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+# Use an agent that is already running (systemd's), never start one: the demo leaves no process behind.
+export PYCNI_AGENT=managed
 
 bold=$'\033[1m' dim=$'\033[2m' off=$'\033[0m'
 [ -t 1 ] || { bold=""; dim=""; off=""; }

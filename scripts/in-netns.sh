@@ -20,9 +20,13 @@ exec unshare --net --mount --propagation private -- sh -euc '
   mount --move "$keep" /sys/fs/cgroup
   rmdir "$keep"
   for dir in /run/netns /var/lib/cni /run/cni /var/lib/calico /run/calico /var/log/calico /run/flannel /run/pycni /etc/cni/net.d \
-             /run/containerd; do
+             /run/containerd /etc/pycni; do
     mkdir -p "$dir" && mount -t tmpfs -o mode=755 tmpfs "$dir"
   done
+  # The pycni.conf of the stand-in host: launchers use an agent a test or demo runs and never start one
+  # themselves (an agent started on demand would outlive the command run here, in its namespace).
+  # Tests of the on-demand agent ask for it with PYCNI_AGENT=auto, and stop what they start.
+  echo "agent = managed" > /etc/pycni/pycni.conf
   ip link set lo up
   sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
   ip netns add wan

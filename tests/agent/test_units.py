@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import pycni
 from pycni.agent import client, protocol
 from pycni.agent.ordering import AttachmentLines
 from pycni.agent.server import attachment_key
@@ -97,25 +99,74 @@ def test_turn_is_handed_over_across_threads() -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
-def test_silent_agent_is_a_lost_call_never_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An agent that takes the connection and never answers may have taken the call:
-    ADD fails with 11 rather than running in-process too; DEL is tried again."""
-    monkeypatch.setattr(client, "ACCEPT_TIMEOUT", 0.3)
-    path = tmp_path / "silent.sock"
+def _fake_agent(path: Path, answer_hello: bool, connections: int) -> tuple[list[socket.socket], list[bytes], threading.Thread]:
+    """A listener on `path` that takes `connections` connections, answers HELLO with this
+    pycni's version (or not at all), then stays silent; it records what each sent. The
+    listener and the connections are returned open, for the test to close."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
+    received: list[bytes] = []
     held: list[socket.socket] = []
-    accepting = threading.Thread(target=lambda: [held.append(listener.accept()[0]) for _ in range(3)], daemon=True)
-    accepting.start()
+
+    def serve() -> None:
+        for _ in range(connections):
+            conn = listener.accept()[0]
+            held.append(conn)
+            conn.settimeout(1.0)
+            data = b""
+            with contextlib.suppress(OSError):
+                data = conn.recv(len(protocol.HELLO))
+                if answer_hello:
+                    conn.sendall(protocol.encode_version(pycni.__version__))
+                    data += conn.recv(65536)
+            received.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    held.append(listener)
+    return held, received, thread
+
+
+def test_silent_agent_is_a_lost_call_never_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that takes the call and never answers may have run it: ADD fails with 11
+    rather than running in-process too; DEL is tried again."""
+    monkeypatch.setattr(client, "ACCEPT_TIMEOUT", 0.3)
+    held, received, thread = _fake_agent(tmp_path / "silent.sock", answer_hello=True, connections=3)
     env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1", b"CNI_IFNAME": b"eth0"}
-    code, stdout, _ = client.call_agent(str(path).encode(), "loopback", env, b'{"cniVersion": "1.0.0"}')
-    doc = json.loads(stdout)
-    assert code == 1 and doc["code"] == 11 and "no answer within 0.3s" in doc["msg"]
-    code, stdout, _ = client.call_agent(str(path).encode(), "loopback", {**env, b"CNI_COMMAND": b"DEL"}, b"{}")
-    assert json.loads(stdout)["code"] == 11
-    accepting.join(5)
-    assert len(held) == 3, "DEL was tried twice"
+    answer = client.call_agent(str(tmp_path / "silent.sock").encode(), "loopback", env, b'{"cniVersion": "1.0.0"}')
+    assert isinstance(answer, tuple)
+    doc = json.loads(answer[1])
+    assert answer[0] == 1 and doc["code"] == 11 and "no answer within 0.3s" in doc["msg"]
+    answer = client.call_agent(str(tmp_path / "silent.sock").encode(), "loopback", {**env, b"CNI_COMMAND": b"DEL"}, b"{}")
+    assert isinstance(answer, tuple) and json.loads(answer[1])["code"] == 11
+    thread.join(10)
+    assert len(received) == 3, "DEL was tried twice"
+    assert all(protocol.MAGIC in data for data in received)
     for sock in held:
         sock.close()
-    listener.close()
+
+
+def test_a_stranger_on_the_socket_never_gets_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What does not answer HELLO with a version is not an agent: the call is not sent, so
+    running it in-process is safe (and worth a line in the log)."""
+    monkeypatch.setattr(client, "HELLO_TIMEOUT", 0.3)
+    held, received, thread = _fake_agent(tmp_path / "stranger.sock", answer_hello=False, connections=1)
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1", b"CNI_IFNAME": b"eth0"}
+    answer = client.call_agent(str(tmp_path / "stranger.sock").encode(), "loopback", env, b'{"cniVersion": "1.0.0"}')
+    assert isinstance(answer, client.Missed) and answer.notable and not answer.absent
+    assert "is not a pycni agent: no answer to the version handshake within 0.3s" in answer.reason
+    thread.join(10)
+    assert received == [protocol.HELLO]
+    for sock in held:
+        sock.close()
+
+
+def test_hello_and_call_openings() -> None:
+    reader = _reader(protocol.HELLO + protocol.encode_call(b"loopback", {}, b"{}"))
+    assert reader.opening() == protocol.HELLO
+    assert reader.call() == (b"loopback", {}, b"{}")
+    with pytest.raises(protocol.ProtocolError, match="second HELLO"):
+        _reader(protocol.HELLO + protocol.HELLO).call(opened=False)
+    with pytest.raises(protocol.ProtocolError, match="not a pycni agent call"):
+        _reader(b"pycni-agent-hellO").opening()

@@ -16,6 +16,15 @@ bytes of the launcher's environment). The agent answers with one status byte:
 
 RESULT without ACCEPTED is the answer to a call the agent refused to take (not
 well-formed, caller not root): it is relayed as it is, and the connection is closed.
+
+Before the call, a launcher says HELLO and the agent answers with its pycni version:
+
+    launcher: HELLO           agent: VERSION frame(pycni version)
+
+so a launcher never hands a call to an agent of another pycni version (whose plugins
+may differ from the code on disk), nor to whatever else may listen on the socket: it
+sends the call only after a well-formed answer. A call without HELLO (a launcher of an
+earlier pycni, the tests' raw requests) is served as before.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ MAGIC = b"pycni-agent-call/1\n"
 DECLINED = b"D"
 ACCEPTED = b"A"
 RESULT = b"R"
+# Differs from MAGIC at its 13th byte: an agent that does not know it (an earlier pycni)
+# refuses it at once with a RESULT, instead of waiting for the rest of a call.
+HELLO = b"pycni-agent-hello/2\n"
+VERSION = b"V"
+MAX_VERSION = 256
 
 # A configuration with its prevResult is a few KiB; anything near this is not a CNI call.
 MAX_FRAME = 16 * 1024 * 1024
@@ -77,6 +91,10 @@ def encode_declined(reason: str) -> bytes:
     return DECLINED + frame(reason.encode())
 
 
+def encode_version(version: str) -> bytes:
+    return VERSION + frame(version.encode())
+
+
 class Reader:
     """Exact reads from a socket-like `recv(n)` that returns b"" at end of stream."""
 
@@ -107,16 +125,25 @@ class Reader:
             raise ProtocolError(f"frame of {size} bytes (at most {limit})")
         return self.exactly(size)
 
-    def call(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
-        """A launcher's call: (plugin type, environment, stdin)."""
-        magic = b""
-        while len(magic) < len(MAGIC):  # a stranger is told as soon as its first bytes differ
-            chunk = self._recv(len(MAGIC) - len(magic))
+    def opening(self) -> bytes:
+        """MAGIC (a call follows) or HELLO: what a launcher sends first. Never reads past it."""
+        got = b""
+        while True:  # a stranger is told as soon as its first bytes differ from both
+            candidates = [m for m in (MAGIC, HELLO) if m.startswith(got)]
+            if not candidates:
+                raise ProtocolError(f"not a pycni agent call (starts with {got[:20]!r})")
+            if got in candidates:
+                return got
+            chunk = self._recv(min(len(m) for m in candidates) - len(got))
             if not chunk:
-                raise ProtocolError(f"connection closed after {len(magic)} bytes")
-            magic += chunk
-            if not MAGIC.startswith(magic):
-                raise ProtocolError(f"not a pycni agent call (starts with {magic[:20]!r})")
+                raise ProtocolError(f"connection closed after {len(got)} bytes")
+            got += chunk
+
+    def call(self, opened: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        """A launcher's call: (plugin type, environment, stdin); `opened` when its MAGIC
+        was read already."""
+        if not opened and self.opening() != MAGIC:
+            raise ProtocolError("a second HELLO where a call was expected")
         plugin_type = self.frame(256)
         env = decode_env(self.frame())
         stdin = self.frame()

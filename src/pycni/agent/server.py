@@ -16,7 +16,16 @@ Safety:
   runs it in-process;
 - a call that does not finish within its deadline is answered with code 11; it
   keeps its attachment until it really ends, so a repeated call never overlaps it;
-- a request that is not well-formed gets a CNI error and the connection is closed.
+- a request that is not well-formed gets a CNI error and the connection is closed;
+- a call changes nothing of the agent's own: its socket, deadlines, log, limits and
+  idle time are its command line's. What a call's environment may ask is narrower
+  and only for that call: a shorter deadline (PYCNI_CALL_TIMEOUT), and fault points
+  (PYCNI_FAULT, PYCNI_FAULT_TRACE) only in an agent started --enable-fault-injection.
+
+Lifetime: started by systemd (contrib/pycni-agent.service, optionally with the socket
+unit: the listening socket then comes from systemd, `activation`), by hand, or on
+demand by a launcher that found none (`ondemand`, `--on-demand`): the latter exits
+after `idle_timeout` seconds without a call, removing its socket if it is still its own.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import ModuleType
 
+import pycni
 from pycni import registry, skel
 from pycni.agent import protocol
 from pycni.agent.ordering import AttachmentLines, Ticket
@@ -53,6 +63,9 @@ REQUEST_TIMEOUT = 10.0  # a launcher writes its whole request at once
 DEFAULT_MAX_CALLS = 256
 DRAIN_TIMEOUT = 1.0  # after refusing a malformed request
 DRAIN_LIMIT = 1024 * 1024
+# How often the accept loop looks up from accept(): for the idle timeout, and to notice
+# `stop` on a socket systemd passed (shared with systemd: it must not be shut down).
+ACCEPT_POLL = 1.0
 ATTACHMENT_COMMANDS = ("ADD", "CHECK", "DEL")
 
 Resolver = Callable[[str], ModuleType]
@@ -139,8 +152,11 @@ class Agent:
         resolve: Resolver = skel.plugin_module,
         fault_injection: bool = False,
         metrics: AgentMetrics | None = None,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
+        self.idle_timeout = idle_timeout  # 0: never
+        self.adopted = False  # the listening socket came from systemd
         self.call_timeout = call_timeout
         self.resolve = resolve
         # Tests only: honour a call's PYCNI_FAULT (`pycni.faults`), which may SIGKILL the agent.
@@ -156,18 +172,27 @@ class Agent:
         self._namespaces = _namespaces("self")
         self._served_lock = threading.Lock()
         self.calls_served = 0
+        self._busy = 0  # connections open and calls running: the agent is idle at 0
+        self._idle_since = time.monotonic()
 
     # -- the socket ------------------------------------------------------------
-    def bind(self) -> None:
-        """Create the socket (mode 0600), refusing to start next to a running agent."""
+    def bind(self, lock_wait: float = 0.0) -> None:
+        """Create the socket (mode 0600), refusing to start next to a running agent; one
+        that is stopping is given `lock_wait` seconds to finish."""
         directory = os.path.dirname(self.socket_path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         lock_fd = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise RuntimeError(f"another pycni agent is running on {self.socket_path}") from None
+        deadline = time.monotonic() + lock_wait
+        while True:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(lock_fd)
+                raise RuntimeError(f"another pycni agent is running on {self.socket_path}") from None
         self._lock_fd = lock_fd
         staging = os.path.join(directory, f".{os.path.basename(self.socket_path)}.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
@@ -183,8 +208,30 @@ class Agent:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
             raise
+        self._listening(listener)
+
+    def adopt(self, listener: socket.socket) -> None:
+        """Serve on a listening socket systemd created (socket activation): systemd owns
+        its path and keeps it listening while no agent runs, so it is never removed."""
+        with contextlib.suppress(OSError, TypeError):
+            self.socket_path = listener.getsockname() or self.socket_path
+        self.adopted = True
+        self._listening(listener)
+
+    def _listening(self, listener: socket.socket) -> None:
+        listener.settimeout(ACCEPT_POLL)
         self._listener = listener
-        log.info("pycni agent %d listening on %s (call timeout %gs)", os.getpid(), self.socket_path, self.call_timeout)
+        idle = f", exits after {self.idle_timeout:g}s without a call" if self.idle_timeout else ""
+        how = " (socket from systemd)" if self.adopted else ""
+        log.info(
+            "pycni agent %d (pycni %s) listening on %s%s (call timeout %gs%s)",
+            os.getpid(),
+            pycni.__version__,
+            self.socket_path,
+            how,
+            self.call_timeout,
+            idle,
+        )
         if self.fault_injection:
             log.warning("fault injection is enabled: a call's PYCNI_FAULT may kill this agent (for tests only)")
 
@@ -195,6 +242,11 @@ class Agent:
         while not self._stopping.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                if self._idle_too_long():
+                    log.info("pycni agent %d: no call for %gs, exiting", os.getpid(), self.idle_timeout)
+                    self.stop()
+                continue
             except OSError:
                 if self._stopping.is_set():
                     break
@@ -203,15 +255,28 @@ class Agent:
             thread = threading.Thread(target=self._serve_connection, args=(conn,), name="pycni-agent-call", daemon=True)
             with self._connections_lock:
                 self._connections.add(thread)
+                self._busy += 1
             thread.start()
+
+    def _idle_too_long(self) -> bool:
+        with self._connections_lock:
+            return bool(self.idle_timeout) and not self._busy and time.monotonic() - self._idle_since >= self.idle_timeout
+
+    def _done_with(self, thing: threading.Thread | None = None) -> None:
+        """A connection (`thing`) or a call ended: the idle time starts when nothing is left."""
+        with self._connections_lock:
+            if thing is not None:
+                self._connections.discard(thing)
+            self._busy -= 1
+            self._idle_since = time.monotonic()
 
     def stop(self) -> None:
         """Stop taking calls: the socket disappears, so launchers run calls in-process.
         Safe to call from a signal handler."""
         self._stopping.set()
         listener = self._listener
-        if listener is None:
-            return
+        if listener is None or self.adopted:
+            return  # systemd's socket: accept() notices within ACCEPT_POLL
         # The flock is still ours, so no newer agent can have replaced the path yet.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
@@ -250,13 +315,18 @@ class Agent:
         except OSError as exc:
             log.debug("a launcher went away: %s", exc)
         finally:
-            with self._connections_lock:
-                self._connections.discard(threading.current_thread())
+            self._done_with(threading.current_thread())
 
     def _handle(self, conn: socket.socket) -> None:
         pid, uid, _gid = peer_credentials(conn)
+        reader = protocol.Reader(conn.recv)
         try:
-            raw_type, raw_env, stdin = protocol.Reader(conn.recv).call()
+            if reader.opening() == protocol.HELLO:
+                # Not a secret, and what lets a launcher of another version go in-process.
+                conn.sendall(protocol.encode_version(pycni.__version__))
+                raw_type, raw_env, stdin = reader.call()
+            else:
+                raw_type, raw_env, stdin = reader.call(opened=True)
             plugin_type = raw_type.decode("ascii")
         except (protocol.ProtocolError, UnicodeDecodeError, TimeoutError) as exc:
             log.warning("malformed request from pid %d: %s", pid, exc)
@@ -317,6 +387,8 @@ class Agent:
         if self.metrics is not None:
             self.metrics.call_accepted()
         worker = threading.Thread(target=self._work, args=(call,), name=f"pycni-{plugin_type}", daemon=True)
+        with self._connections_lock:
+            self._busy += 1  # a call past its deadline still runs: the agent is not idle
         worker.start()
         if call.done.wait(timeout):
             assert call.outcome is not None
@@ -329,6 +401,12 @@ class Agent:
         conn.sendall(protocol.encode_result(outcome.code, outcome.stdout, outcome.stderr))
 
     def _work(self, call: _Call) -> None:
+        try:
+            self._work_on(call)
+        finally:
+            self._done_with()
+
+    def _work_on(self, call: _Call) -> None:
         if call.ticket is not None:
             call.ticket.wait_turn()  # `give_up` wakes it when the call times out first
         with call.lock:
@@ -392,7 +470,7 @@ class Agent:
 
 
 def warm_up() -> list[str]:
-    """Import every plugin and what they share, once, before the first call; return
+    """Import every plugin and what they share, once, as the agent starts; return
     the problems met (a plugin that does not import is reported, not fatal)."""
     problems = []
     for plugin_type in registry.discover():
@@ -422,12 +500,22 @@ def notify_systemd(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
-def run(agent: Agent, grace: float | None = None) -> int:
-    """The agent process: warm up, serve until SIGTERM or SIGINT, finish the calls taken."""
+def run(agent: Agent, grace: float | None = None, lock_wait: float = 0.0) -> int:
+    """The agent process: warm up, serve until SIGTERM, SIGINT or the idle timeout, finish
+    the calls taken. The socket is systemd's when it passed one (`activation`)."""
     import signal
 
-    warm_up()
-    agent.bind()
+    from pycni.agent import activation
+
+    inherited = activation.listening_socket()
+    if inherited is not None:
+        agent.adopt(inherited)
+    else:
+        agent.bind(lock_wait)
+    # Listening first, warming up alongside: a launcher waiting for the agent it started, or
+    # for systemd's socket to be served, is answered at once, and its call imports only the
+    # plugins it needs (the import lock serialises a module imported by both).
+    threading.Thread(target=warm_up, name="pycni-agent-warm-up", daemon=True).start()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("pycni agent %d: %s, stopping", os.getpid(), signal.Signals(signum).name)

@@ -8,7 +8,7 @@
     pycni plugins list
     pycni install-cni [--cni-bin-dir DIR ...] [--agent-socket PATH]   (Calico's install-cni)
     pycni netns add|del NAME
-    pycni agent [--socket PATH] [--call-timeout S] [--log-file PATH] [--enable-fault-injection] ...
+    pycni agent [--socket PATH] [--call-timeout S] [--idle-timeout S] [--log-file PATH] [--enable-fault-injection] ...
 
 The environment is cnitool's: NETCONFPATH (default /etc/cni/net.d), CNI_PATH,
 CNI_IFNAME (default eth0), CNI_ARGS, CAP_ARGS (JSON), and CNI_CACHE_DIR (default
@@ -252,20 +252,31 @@ def cmd_agent(opts: argparse.Namespace, env: Env) -> int:
     """The resident agent, in the foreground (the systemd unit in contrib/ runs this)."""
     from pycni import logs
     from pycni.agent import server
+    from pycni.agent.settings import DEFAULT_ON_DEMAND_IDLE as ON_DEMAND_IDLE_TIMEOUT
 
     if os.geteuid() != 0:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "pycni agent must run as root: plugins change the kernel's network")
     if opts.call_timeout <= 0 or opts.max_calls <= 0:
         raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, "--call-timeout and --max-calls must be positive")
+    idle = opts.idle_timeout
+    if idle is None:  # a managed agent runs until stopped; one a launcher started goes when unused
+        idle = ON_DEMAND_IDLE_TIMEOUT if opts.on_demand else 0.0
+    if idle < 0:
+        raise CNIError(Code.INVALID_ENVIRONMENT_VARIABLES, f"--idle-timeout is {idle:g}: it must be 0 (never) or more")
     log_file = opts.log_file or logs.env_file(os.environ)
     logs.configure(log_file, opts.log_level, rotate=(opts.log_max_bytes, opts.log_backups))
     served = _agent_metrics(opts.metrics_address)
     agent = server.Agent(
-        opts.socket, call_timeout=opts.call_timeout, max_calls=opts.max_calls, fault_injection=opts.enable_fault_injection,
+        opts.socket,
+        call_timeout=opts.call_timeout,
+        max_calls=opts.max_calls,
+        fault_injection=opts.enable_fault_injection,
         metrics=served[0] if served else None,
-    )  # fmt: skip
+        idle_timeout=idle,
+    )
     try:
-        return server.run(agent)
+        # Started by a launcher: an agent that just exited idle may still hold the socket's lock.
+        return server.run(agent, lock_wait=5.0 if opts.on_demand else 0.0)
     except RuntimeError as exc:
         raise CNIError(Code.IO_FAILURE, str(exc)) from None
     except OSError as exc:
@@ -334,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-calls", type=int, default=256, metavar="N", help="calls at once; beyond, launchers run in-process")
     p.add_argument("--log-file", metavar="PATH", help="default $PYCNI_LOG_FILE or /var/log/pycni/plugins.log")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="exit after S seconds without a call (0: never; default never, 600 with --on-demand)",
+    )
+    p.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="started by a launcher that found no agent (what launchers run; see PYCNI_AGENT)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="N", help="rotate the log at this size")
     p.add_argument("--log-backups", type=int, default=5, metavar="N", help="rotated logs kept")
