@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from pycni import faults, logs, registry, stdio
+from pycni.net import nlsession
 from pycni.spec import args as cni_args
 from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
@@ -312,7 +313,8 @@ def _call(
 ) -> tuple[Result, dict[str, Any]] | None:
     """Parse and run one call; an unexpected exception becomes code 999 (its traceback logged)."""
     try:
-        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext():
+        # One netlink socket per namespace for the whole call (delegated calls included).
+        with faults.injected(env) if mode.fault_injection else contextlib.nullcontext(), nlsession.session():
             return _run(module, parse_call(plugin_type, module, env, stdin, mode, conf, handed_over))
     except CNIError:
         raise
