@@ -1,0 +1,146 @@
+"""What a plugin process pays before it does any work, when there is no agent (issue 18).
+
+    scripts/in-netns.sh .venv/bin/python bench/imports.py [--runs 15] [--rounds 5]
+
+1. Imports: for each plugin type, --runs fresh interpreters started as a launcher starts
+   them (the real interpreter with `-IS`, this installation's directories first on sys.path),
+   each importing what a cold call of that type imports up front: `pycni.agent.client`,
+   `pycni.skel` and the plugin's module. pyroute2 (what `pycni.net.netlink` loads, at a
+   call's first netlink request) is measured on top of that, once. Figures: the median wall
+   time of the whole process less that of a bare interpreter, the median of `-X importtime`'s
+   totals (the top-level imports' cumulative times), and how many modules end up loaded.
+2. The cold chain: ADD and DEL of bridge + host-local + portmap + bandwidth through the
+   runtime, every plugin a process of its own (PYCNI_AGENT=off), --rounds times: the median
+   ADD + DEL, to set beside the imports of the six processes it starts (bridge runs
+   host-local in its own process). `bench/run.py --only chain` compares it with the Go
+   reference plugins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lab
+import run as bench_run
+
+from pycni import launcher, registry
+from pycni.runtime import CNIConfig, RuntimeConf
+from pycni.spec.config import NetworkConfigList
+
+PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "loopback", "ptp", "static", "tuning", "firewall")
+COLD_CALL = "import pycni.agent.client, pycni.skel, {module}"
+PYROUTE2 = "; from pycni.net import netlink; netlink._load_pyroute2()"
+
+
+def _prelude() -> str:
+    return f"import sys; sys.path[:0] = {launcher.site_paths()!r}; "
+
+
+def one_start(code: str) -> tuple[float, float, int]:
+    """(wall ms, -X importtime total ms, modules loaded) of one fresh `-IS` interpreter running `code`."""
+    argv = [launcher.interpreter(), "-IS", "-X", "importtime", "-c", _prelude() + code + "; print(len(sys.modules))"]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    wall = (time.perf_counter() - started) * 1000
+    total = 0
+    for line in proc.stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        # A top-level import is one whose name is not indented (beyond the one space after "|").
+        if len(fields) == 3 and fields[1].strip().isdigit() and not fields[2].startswith("  "):
+            total += int(fields[1])
+    return wall, total / 1000, int(proc.stdout.split()[-1])
+
+
+def measure(code: str, runs: int) -> dict[str, float]:
+    samples = [one_start(code) for _ in range(runs)]
+    return {
+        "wall": statistics.median(s[0] for s in samples),
+        "importtime": statistics.median(s[1] for s in samples),
+        "modules": samples[-1][2],
+    }
+
+
+def imports(runs: int) -> list[tuple[str, dict[str, float]]]:
+    modules = registry.discover()
+    rows = [("bare interpreter (`-IS`)", measure("pass", runs))]
+    rows.append(("pycni.agent.client + pycni.skel (every call)", measure("import pycni.agent.client, pycni.skel", runs)))
+    rows.append(("pyroute2 as pycni.net.netlink loads it, alone", measure("import sys" + PYROUTE2, runs)))
+    for plugin_type in PLUGINS:
+        code = COLD_CALL.format(module=modules[plugin_type])
+        rows.append((plugin_type, measure(code, runs)))
+        if plugin_type in ("bridge", "bandwidth"):
+            rows.append((f"{plugin_type} + pyroute2", measure(code + PYROUTE2, runs)))
+    return rows
+
+
+def cold_chain(rounds: int) -> dict[str, float]:
+    """Median ADD and DEL (ms) of the bridge chain, every plugin a process without the agent."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pycni-imports-"))
+    try:
+        bin_dir = run_dir / "bin"
+        launcher.install(str(bin_dir))
+        conf = bench_run.bridge_chain("pcbimp", "pcbimp", "10.99.0.0/16", run_dir / "ipam")
+        net = NetworkConfigList.from_bytes(json.dumps(conf).encode())
+        env = {**os.environ, "PYCNI_AGENT": "off", "PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
+        cni = CNIConfig([str(bin_dir)], cache_dir=str(run_dir / "cache"), base_env=env)
+        adds, dels = [], []
+        for number in range(bench_run.WARMUP + rounds):
+            ns = lab.make_netns(run_dir / "ns" / f"c{number}")
+            caps = {"portMappings": [{"hostPort": 31000 + number, "containerPort": 80, "protocol": "tcp"}]}
+            rt = RuntimeConf(
+                container_id=f"imports-{number}",
+                netns=str(ns),
+                ifname="eth0",
+                capability_args={**caps, "bandwidth": bench_run.BANDWIDTH},
+            )
+            try:
+                started = time.perf_counter()
+                cni.add_network_list(net, rt)
+                added = time.perf_counter()
+                cni.del_network_list(net, rt)
+                deleted = time.perf_counter()
+            finally:
+                lab.drop_netns(ns)
+            if number >= bench_run.WARMUP:
+                adds.append((added - started) * 1000)
+                dels.append((deleted - added) * 1000)
+        both = [a + d for a, d in zip(adds, dels, strict=True)]
+        return {"add": statistics.median(adds), "del": statistics.median(dels), "total": statistics.median(both)}
+    finally:
+        subprocess.run(["ip", "link", "del", "pcbimp"], capture_output=True, check=False)
+        lab.remove_tree(run_dir)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    bare = None
+    print(f"Imports of a cold call, median of {args.runs} fresh `-IS` interpreters:\n")
+    print("| what a launcher imports | wall less a bare interpreter (ms) | -X importtime total (ms) | modules |")
+    print("|---|---:|---:|---:|")
+    for name, row in imports(args.runs):
+        if bare is None:
+            bare = row["wall"]
+            print(f"| {name} | {row['wall']:.1f} (itself) | {row['importtime']:.1f} | {row['modules']:.0f} |")
+            continue
+        print(f"| {name} | {row['wall'] - bare:.1f} | {row['importtime']:.1f} | {row['modules']:.0f} |")
+    chain = cold_chain(args.rounds)
+    print(f"\nBridge chain without the agent, median of {args.rounds} rounds (after {bench_run.WARMUP} warm-up):")
+    print(f"ADD {chain['add']:.1f} ms, DEL {chain['del']:.1f} ms, ADD + DEL {chain['total']:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
