@@ -9,7 +9,8 @@ plain import: slower, never wrong.
 
 pyroute2 would open a namespaced socket by forking a helper process, and creates
 the namespace when it is missing; we open the socket ourselves on a thread inside
-the namespace (`netns.socket_in`), which neither forks nor creates anything.
+the namespace (`netns.socket_in`), which neither forks nor creates anything. Within a
+plugin call, one socket per namespace serves every request (`nlsession`).
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ _REPLY_TIMEOUT = 10.0
 def _exchange(sock: socket.socket, msg_type: int, flags: int, body: bytes) -> list[bytes]:
     """Send one message we encoded on `sock` and read its whole answer: the datagrams up to its
     NLMSG_DONE or NLMSG_ERROR (an acknowledgement is an NLMSG_ERROR of code 0); OSError with the
-    kernel's errno when it refused. `sock` may be an IPRoute's (non-blocking, owned by its event
-    loop, which runs only inside pyroute2's own calls): it is used blocking here, as it was."""
+    kernel's errno when it refused. `sock` may be an IPRoute's: its event loop reads it only inside
+    pyroute2's own calls, so between them the socket is ours; it is read here with a timeout and
+    left non-blocking, as pyroute2 keeps it. Whatever else it holds (another sequence number) is
+    not ours to answer and is skipped."""
     sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | NLM_F_REQUEST, _SEQ, 0) + body)
     chunks: list[bytes] = []
     error = 0
@@ -191,7 +194,12 @@ def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"
         finally:
             sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
     marshal = MarshalRtnl()
-    return [msg for chunk in chunks for msg in marshal.parse(chunk) if msg["header"]["type"] == msg_type - 2]
+    return [
+        msg
+        for chunk in chunks
+        for msg in marshal.parse(chunk)
+        if msg["header"]["type"] == msg_type - 2 and msg["header"]["sequence_number"] == _SEQ
+    ]
 
 
 def attr(kind: int, value: bytes) -> bytes:
@@ -226,8 +234,8 @@ def route_oif(ns_path: str | None, address: str) -> int | None:
     for data in chunks:
         offset = 0
         while offset < len(data):
-            length, kind = struct.unpack_from("=IH", data, offset)
-            if kind == RTM_NEWROUTE:
+            length, kind, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+            if kind == RTM_NEWROUTE and seq == _SEQ:
                 at, end = offset + 16 + 12, offset + length  # after the netlink and rtmsg headers
                 while at + 4 <= end:
                     size, rta = struct.unpack_from("=HH", data, at)
