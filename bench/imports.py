@@ -10,10 +10,11 @@
    time of the whole process less that of a bare interpreter, the median of `-X importtime`'s
    totals (the top-level imports' cumulative times), and how many modules end up loaded.
 2. The cold chain: ADD and DEL of bridge + host-local + portmap + bandwidth through the
-   runtime, every plugin a process of its own (PYCNI_AGENT=off), --rounds times: the median
-   ADD + DEL, to set beside the imports of the six processes it starts (bridge runs
-   host-local in its own process). `bench/run.py --only chain` compares it with the Go
-   reference plugins.
+   runtime, every plugin a process of its own (PYCNI_AGENT=off; bridge runs host-local in
+   its own process), and the same with the Go reference plugins, taking turns, --rounds
+   times: the medians of wall time and of the CPU time of the processes the chain runs
+   (`bench/run.py --only chain` has wall time only; on a machine shared with other work,
+   CPU time is the steadier figure).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,41 +85,58 @@ def imports(runs: int) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
-def cold_chain(rounds: int) -> dict[str, float]:
-    """Median ADD and DEL (ms) of the bridge chain, every plugin a process without the agent."""
+def _cpu_ms() -> float:
+    """CPU time (user + system) of every child process waited for so far: the plugins and
+    whatever they run (the reference's iptables), whichever else shares the machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def cold_chain(rounds: int) -> dict[str, dict[str, float]]:
+    """Per variant (ours without the agent, the Go reference plugins), the median ADD, DEL and
+    ADD + DEL of the bridge chain in wall time, and the median CPU time of the processes an
+    ADD + DEL runs (steadier than wall time on a machine shared with other work). The
+    variants take turns within each round."""
     run_dir = Path(tempfile.mkdtemp(prefix="pycni-imports-"))
+    bridges = {"ours": "pcbimpo", "reference": "pcbimpr"}
     try:
         bin_dir = run_dir / "bin"
         launcher.install(str(bin_dir))
-        conf = bench_run.bridge_chain("pcbimp", "pcbimp", "10.99.0.0/16", run_dir / "ipam")
-        net = NetworkConfigList.from_bytes(json.dumps(conf).encode())
-        env = {**os.environ, "PYCNI_AGENT": "off", "PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
-        cni = CNIConfig([str(bin_dir)], cache_dir=str(run_dir / "cache"), base_env=env)
-        adds, dels = [], []
+        chains = {}
+        for octet, (variant, directory) in enumerate((("ours", bin_dir), ("reference", lab.REFERENCE_DIR))):
+            conf = bench_run.bridge_chain(bridges[variant], bridges[variant], f"10.{98 + octet}.0.0/16", run_dir / "ipam")
+            env = {**os.environ, "PYCNI_AGENT": "off", "PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
+            cni = CNIConfig([str(directory)], cache_dir=str(run_dir / "cache" / variant), base_env=env)
+            chains[variant] = (cni, NetworkConfigList.from_bytes(json.dumps(conf).encode()))
+        samples: dict[str, dict[str, list[float]]] = {v: {"add": [], "del": [], "total": [], "cpu": []} for v in chains}
         for number in range(bench_run.WARMUP + rounds):
-            ns = lab.make_netns(run_dir / "ns" / f"c{number}")
-            caps = {"portMappings": [{"hostPort": 31000 + number, "containerPort": 80, "protocol": "tcp"}]}
-            rt = RuntimeConf(
-                container_id=f"imports-{number}",
-                netns=str(ns),
-                ifname="eth0",
-                capability_args={**caps, "bandwidth": bench_run.BANDWIDTH},
-            )
-            try:
-                started = time.perf_counter()
-                cni.add_network_list(net, rt)
-                added = time.perf_counter()
-                cni.del_network_list(net, rt)
-                deleted = time.perf_counter()
-            finally:
-                lab.drop_netns(ns)
-            if number >= bench_run.WARMUP:
-                adds.append((added - started) * 1000)
-                dels.append((deleted - added) * 1000)
-        both = [a + d for a, d in zip(adds, dels, strict=True)]
-        return {"add": statistics.median(adds), "del": statistics.median(dels), "total": statistics.median(both)}
+            for variant, (cni, net) in chains.items():
+                ns = lab.make_netns(run_dir / "ns" / f"{variant}{number}")
+                caps = {"portMappings": [{"hostPort": 31000 + number, "containerPort": 80, "protocol": "tcp"}]}
+                rt = RuntimeConf(
+                    container_id=f"imports-{number}",
+                    netns=str(ns),
+                    ifname="eth0",
+                    capability_args={**caps, "bandwidth": bench_run.BANDWIDTH},
+                )
+                try:
+                    cpu, started = _cpu_ms(), time.perf_counter()
+                    cni.add_network_list(net, rt)
+                    added = time.perf_counter()
+                    cni.del_network_list(net, rt)
+                    deleted, cpu = time.perf_counter(), _cpu_ms() - cpu
+                finally:
+                    lab.drop_netns(ns)
+                if number >= bench_run.WARMUP:
+                    row = samples[variant]
+                    row["add"].append((added - started) * 1000)
+                    row["del"].append((deleted - added) * 1000)
+                    row["total"].append((deleted - started) * 1000)
+                    row["cpu"].append(cpu)
+        return {v: {k: statistics.median(x) for k, x in row.items()} for v, row in samples.items()}
     finally:
-        subprocess.run(["ip", "link", "del", "pcbimp"], capture_output=True, check=False)
+        for bridge in bridges.values():
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
         lab.remove_tree(run_dir)
 
 
@@ -137,8 +156,13 @@ def main() -> int:
             continue
         print(f"| {name} | {row['wall'] - bare:.1f} | {row['importtime']:.1f} | {row['modules']:.0f} |")
     chain = cold_chain(args.rounds)
-    print(f"\nBridge chain without the agent, median of {args.rounds} rounds (after {bench_run.WARMUP} warm-up):")
-    print(f"ADD {chain['add']:.1f} ms, DEL {chain['del']:.1f} ms, ADD + DEL {chain['total']:.1f} ms")
+    ours, ref = chain["ours"], chain["reference"]
+    print(f"\nBridge chain, median of {args.rounds} rounds (after {bench_run.WARMUP} warm-up), ours without the agent:\n")
+    print("| variant | ADD (ms) | DEL (ms) | ADD + DEL (ms) | CPU of its processes (ms) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in (("Go reference plugins", ref), ("pycni without the agent", ours)):
+        print(f"| {name} | {row['add']:.1f} | {row['del']:.1f} | {row['total']:.1f} | {row['cpu']:.1f} |")
+    print(f"\nratio: wall {ours['total'] / ref['total']:.2f} x, CPU {ours['cpu'] / ref['cpu']:.2f} x")
     return 0
 
 
