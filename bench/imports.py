@@ -85,6 +85,24 @@ def imports(runs: int) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
+# A line put in place of each launcher's third (a comment, which `launcher.runs_here` does not
+# read: bridge still runs host-local in its own process): at exit, the process's CPU time and
+# how many modules it loaded, appended to the file PYCNI_BENCH_PROCESSES names.
+PROCESS_PROBE = (
+    "import sys, atexit, posix, resource; atexit.register(lambda: open(posix.environ[b'PYCNI_BENCH_PROCESSES'], 'a')"
+    ".write('{type} %s %.1f %d\\n' % (posix.environ[b'CNI_COMMAND'].decode(), (lambda u: (u.ru_utime + u.ru_stime) * 1000)"
+    "(resource.getrusage(resource.RUSAGE_SELF)), len(sys.modules))))"
+)
+
+
+def _probed_launchers(bin_dir: Path) -> None:
+    launcher.install(str(bin_dir))
+    for path in bin_dir.iterdir():
+        lines = path.read_text().split("\n")
+        lines[2] = PROCESS_PROBE.format(type=path.name)
+        path.write_text("\n".join(lines))
+
+
 def _cpu_ms() -> float:
     """CPU time (user + system) of every child process waited for so far: the plugins and
     whatever they run (the reference's iptables), whichever else shares the machine."""
@@ -92,20 +110,27 @@ def _cpu_ms() -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def cold_chain(rounds: int) -> dict[str, dict[str, float]]:
+def cold_chain(rounds: int) -> tuple[dict[str, dict[str, float]], dict[str, tuple[float, int]]]:
     """Per variant (ours without the agent, the Go reference plugins), the median ADD, DEL and
     ADD + DEL of the bridge chain in wall time, and the median CPU time of the processes an
     ADD + DEL runs (steadier than wall time on a machine shared with other work). The
-    variants take turns within each round."""
+    variants take turns within each round. And for each of our plugin processes (type and
+    command), the median of its CPU time (interpreter start-up included) and its modules."""
     run_dir = Path(tempfile.mkdtemp(prefix="pycni-imports-"))
     bridges = {"ours": "pcbimpo", "reference": "pcbimpr"}
     try:
         bin_dir = run_dir / "bin"
-        launcher.install(str(bin_dir))
+        _probed_launchers(bin_dir)
+        processes = run_dir / "processes"
         chains = {}
         for octet, (variant, directory) in enumerate((("ours", bin_dir), ("reference", lab.REFERENCE_DIR))):
             conf = bench_run.bridge_chain(bridges[variant], bridges[variant], f"10.{98 + octet}.0.0/16", run_dir / "ipam")
-            env = {**os.environ, "PYCNI_AGENT": "off", "PYCNI_LOG_FILE": str(run_dir / "plugins.log")}
+            env = {
+                **os.environ,
+                "PYCNI_AGENT": "off",
+                "PYCNI_LOG_FILE": str(run_dir / "plugins.log"),
+                "PYCNI_BENCH_PROCESSES": str(processes),
+            }
             cni = CNIConfig([str(directory)], cache_dir=str(run_dir / "cache" / variant), base_env=env)
             chains[variant] = (cni, NetworkConfigList.from_bytes(json.dumps(conf).encode()))
         samples: dict[str, dict[str, list[float]]] = {v: {"add": [], "del": [], "total": [], "cpu": []} for v in chains}
@@ -127,13 +152,20 @@ def cold_chain(rounds: int) -> dict[str, dict[str, float]]:
                     deleted, cpu = time.perf_counter(), _cpu_ms() - cpu
                 finally:
                     lab.drop_netns(ns)
-                if number >= bench_run.WARMUP:
+                if number < bench_run.WARMUP:
+                    processes.unlink(missing_ok=True)
+                else:
                     row = samples[variant]
                     row["add"].append((added - started) * 1000)
                     row["del"].append((deleted - added) * 1000)
                     row["total"].append((deleted - started) * 1000)
                     row["cpu"].append(cpu)
-        return {v: {k: statistics.median(x) for k, x in row.items()} for v, row in samples.items()}
+        per_process: dict[str, list[tuple[float, int]]] = {}
+        for line in processes.read_text().splitlines():
+            plugin_type, command, cpu, modules = line.split()
+            per_process.setdefault(f"{plugin_type} {command}", []).append((float(cpu), int(modules)))
+        each = {k: (statistics.median(c for c, _ in v), max(m for _, m in v)) for k, v in sorted(per_process.items())}
+        return {v: {k: statistics.median(x) for k, x in row.items()} for v, row in samples.items()}, each
     finally:
         for bridge in bridges.values():
             subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
@@ -155,7 +187,7 @@ def main() -> int:
             print(f"| {name} | {row['wall']:.1f} (itself) | {row['importtime']:.1f} | {row['modules']:.0f} |")
             continue
         print(f"| {name} | {row['wall'] - bare:.1f} | {row['importtime']:.1f} | {row['modules']:.0f} |")
-    chain = cold_chain(args.rounds)
+    chain, each = cold_chain(args.rounds)
     ours, ref = chain["ours"], chain["reference"]
     print(f"\nBridge chain, median of {args.rounds} rounds (after {bench_run.WARMUP} warm-up), ours without the agent:\n")
     print("| variant | ADD (ms) | DEL (ms) | ADD + DEL (ms) | CPU of its processes (ms) |")
@@ -163,6 +195,11 @@ def main() -> int:
     for name, row in (("Go reference plugins", ref), ("pycni without the agent", ours)):
         print(f"| {name} | {row['add']:.1f} | {row['del']:.1f} | {row['total']:.1f} | {row['cpu']:.1f} |")
     print(f"\nratio: wall {ours['total'] / ref['total']:.2f} x, CPU {ours['cpu'] / ref['cpu']:.2f} x")
+    print("\nOur plugin processes of the chain (medians):\n")
+    print("| process | CPU (ms), interpreter start-up included | modules loaded |")
+    print("|---|---:|---:|")
+    for name, (cpu, modules) in each.items():
+        print(f"| {name} | {cpu:.1f} | {modules} |")
     return 0
 
 
