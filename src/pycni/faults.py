@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import signal
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -63,6 +62,8 @@ class Injection:
         if self.trace:
             _append(self.trace, f"{'killed ' if kill else ''}{point}#{occurrence}")
         if kill:
+            import signal  # here: only a fault needs it, and every plugin process imports this module
+
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from pycni import faults, gcreport, logs, registry, stdio
+from pycni.net import nlsession
 from pycni.spec import args as cni_args
 from pycni.spec import gokeys, jsonfmt, names
 from pycni.spec import version as versions
@@ -322,9 +323,11 @@ def _call(
 ) -> tuple[Result, dict[str, Any]] | None:
     """Parse and run one call; an unexpected exception becomes code 999 (its traceback logged)."""
     try:
+        # One netlink socket per namespace for the whole call (delegated calls included).
         with (
             faults.injected(env) if mode.fault_injection else contextlib.nullcontext(),
             gcreport.plugin(plugin_type) if env.get("CNI_COMMAND") == "GC" else contextlib.nullcontext(),
+            nlsession.session(),
         ):
             return _run(module, parse_call(plugin_type, module, env, stdin, mode, conf, handed_over))
     except CNIError:

@@ -9,25 +9,24 @@ plain import: slower, never wrong.
 
 pyroute2 would open a namespaced socket by forking a helper process, and creates
 the namespace when it is missing; we open the socket ourselves on a thread inside
-the namespace (`netns.socket_in`), which neither forks nor creates anything.
+the namespace (`netns.socket_in`), which neither forks nor creates anything. Within a
+plugin call, one socket per namespace serves every request (`nlsession`).
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
-import importlib.util
+import ipaddress
 import os
 import socket
 import struct
 import sys
 import threading
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pycni.net import netns
+from pycni.net import netns, nlsession
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute as IPRoute
@@ -38,6 +37,10 @@ _import_lock = threading.Lock()
 
 def _load_pyroute2() -> Any:
     """The pyroute2 module that defines IPRoute, imported as lightly as possible."""
+    import importlib
+    import importlib.util
+    import types
+
     with _import_lock:
         cached = sys.modules.get("pyroute2.iproute.linux")
         if cached is not None:
@@ -76,9 +79,10 @@ def is_errno(exc: BaseException, *codes: int) -> bool:
     return error_code(exc) in codes
 
 
-@contextmanager
-def route(ns_path: str | None = None) -> Iterator[IPRoute]:
-    """An IPRoute talking to the namespace at `ns_path` (the host's when None)."""
+# -- one socket per namespace per call (see `nlsession`) ---------------------------------------
+
+
+def _open(ns_path: str | None) -> tuple[Any, socket.socket]:
     linux = _load_pyroute2()
     sock = netns.socket_in(ns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
     try:
@@ -86,7 +90,22 @@ def route(ns_path: str | None = None) -> Iterator[IPRoute]:
     except BaseException:
         sock.close()
         raise
-    ipr.pycni_ns = ns_path  # where `filtered_dump` opens its socket
+    ipr.pycni_ns = ns_path  # where our own requests for this IPRoute go
+    ipr.pycni_sock = sock  # ... and through which socket (`_exchange`)
+    return ipr, sock
+
+
+@contextmanager
+def route(ns_path: str | None = None) -> Iterator[IPRoute]:
+    """An IPRoute talking to the namespace at `ns_path` (the host's when None): the session's
+    when one is open, else one of its own, closed on exit."""
+    shared = nlsession.current()
+    if shared is not None:
+        if ns_path not in shared:
+            shared[ns_path] = _open(ns_path)
+        yield shared[ns_path][0]
+        return
+    ipr, sock = _open(ns_path)
     try:
         yield ipr
     finally:
@@ -110,38 +129,77 @@ RTM_GETADDR, RTM_GETROUTE = 22, 26
 RTA_OIF, RTA_TABLE = 4, 15
 
 
+_SEQ = 0x7E000000  # our own requests' sequence numbers: far from pyroute2's counter
+_REPLY_TIMEOUT = 10.0
+
+
+def _exchange(sock: socket.socket, msg_type: int, flags: int, body: bytes) -> list[bytes]:
+    """Send one message we encoded on `sock` and read its whole answer: the datagrams up to its
+    NLMSG_DONE or NLMSG_ERROR (an acknowledgement is an NLMSG_ERROR of code 0); OSError with the
+    kernel's errno when it refused. `sock` may be an IPRoute's: its event loop reads it only inside
+    pyroute2's own calls, so between them the socket is ours; it is read here with a timeout and
+    left non-blocking, as pyroute2 keeps it. Whatever else it holds (another sequence number) is
+    not ours to answer and is skipped."""
+    sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | NLM_F_REQUEST, _SEQ, 0) + body)
+    chunks: list[bytes] = []
+    error = 0
+    timeout = sock.gettimeout()
+    sock.settimeout(_REPLY_TIMEOUT)
+    try:
+        done = False
+        while not done:
+            data = sock.recv(1 << 17)
+            offset = 0
+            while offset < len(data):
+                length, kind, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+                if seq == _SEQ and kind == NLMSG_DONE:
+                    done = True
+                elif seq == _SEQ and kind == NLMSG_ERROR:
+                    error = -struct.unpack_from("=i", data, offset + 16)[0]
+                    done = True
+                offset += (length + 3) & ~3
+            chunks.append(data)
+    finally:
+        sock.settimeout(timeout)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return chunks
+
+
+@contextmanager
+def _socket_for(ns_path: str | None, ipr: Any = None) -> Iterator[socket.socket]:
+    """The socket our own messages to `ns_path` go through: `ipr`'s, the session's for that
+    namespace, or one of their own."""
+    shared = nlsession.current()
+    if ipr is None and shared is not None and ns_path in shared:
+        ipr = shared[ns_path][0]
+    sock = getattr(ipr, "pycni_sock", None)
+    if sock is not None:
+        yield sock
+        return
+    with netns.socket_in(ns_path, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as own:
+        own.bind((0, 0))
+        yield own
+
+
 def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"") -> list[Any]:
     _load_pyroute2()
     from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
-    sock = netns.socket_in(getattr(ipr, "pycni_ns", None), socket.AF_NETLINK, kind, NETLINK_ROUTE)
-    try:
+    with _socket_for(getattr(ipr, "pycni_ns", None), ipr) as sock:
+        # Strict checking only for this dump: pyroute2's own requests on the socket expect none.
         sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        sock.bind((0, 0))
-        body = header + attrs
-        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        chunks = []
-        while True:
-            data = sock.recv(1 << 17)
-            offset, done = 0, False
-            while offset < len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if kind == NLMSG_DONE:
-                    done = True
-                elif kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    done = True
-                offset += (length + 3) & ~3
-            chunks.append(data)
-            if done:
-                break
-    finally:
-        sock.close()
+        try:
+            chunks = _exchange(sock, msg_type, NLM_F_DUMP, header + attrs)
+        finally:
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
     marshal = MarshalRtnl()
-    return [msg for chunk in chunks for msg in marshal.parse(chunk) if msg["header"]["type"] == msg_type - 2]
+    return [
+        msg
+        for chunk in chunks
+        for msg in marshal.parse(chunk)
+        if msg["header"]["type"] == msg_type - 2 and msg["header"]["sequence_number"] == _SEQ
+    ]
 
 
 def attr(kind: int, value: bytes) -> bytes:
@@ -156,15 +214,36 @@ NLM_F_ACK = 0x4
 def request(ns_path: str | None, msg_type: int, flags: int, body: bytes) -> None:
     """Send one request we encode ourselves (for attributes pyroute2 does not know) in the
     namespace at `ns_path` and wait for its acknowledgement; OSError with the kernel's errno."""
-    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
-    with netns.socket_in(ns_path, socket.AF_NETLINK, kind, NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-        reply = sock.recv(65536)
-    kind = struct.unpack_from("=H", reply, 4)[0]
-    code = -struct.unpack_from("=i", reply, 16)[0] if kind == NLMSG_ERROR else 0
-    if code:
-        raise OSError(code, os.strerror(code))
+    with _socket_for(ns_path) as sock:
+        _exchange(sock, msg_type, flags | NLM_F_ACK, body)
+
+
+RTA_DST = 1
+RTM_NEWROUTE = 24
+
+
+def route_oif(ns_path: str | None, address: str) -> int | None:
+    """The output interface of the route to `address` (`ip route get`), or None when the
+    route has none. Encoded here, not by pyroute2: portmap needs only this, and a plugin
+    process that makes no other netlink call then never imports pyroute2 (~70 ms)."""
+    ip = ipaddress.ip_address(address)
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    header = struct.pack("=BBBBBBBBI", family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
+    with _socket_for(ns_path) as sock:
+        chunks = _exchange(sock, RTM_GETROUTE, NLM_F_ACK, header + attr(RTA_DST, ip.packed))
+    for data in chunks:
+        offset = 0
+        while offset < len(data):
+            length, kind, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+            if kind == RTM_NEWROUTE and seq == _SEQ:
+                at, end = offset + 16 + 12, offset + length  # after the netlink and rtmsg headers
+                while at + 4 <= end:
+                    size, rta = struct.unpack_from("=HH", data, at)
+                    if rta == RTA_OIF:
+                        return int(struct.unpack_from("=I", data, at + 4)[0])
+                    at += (max(size, 4) + 3) & ~3
+            offset += (length + 3) & ~3
+    return None
 
 
 def link_addresses(ipr: IPRoute, index: int, family: int = socket.AF_UNSPEC) -> list[Any]:

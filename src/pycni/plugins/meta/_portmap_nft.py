@@ -339,12 +339,10 @@ def remove_networks(network: str, keep: set[str] | None = None) -> None:
 def host_interface(address: IPInterface) -> tuple[int, str] | None:
     """The host interface that routes to the container address (a bridge, a veth), or None."""
     try:
-        with netlink.route(None) as ipr:
-            routes = ipr.route("get", dst=str(address.ip))
-            oif = routes[0].get_attr("RTA_OIF") if routes else None
+        oif = netlink.route_oif(None, str(address.ip))
         if oif is None:
             return None
-        return int(oif), socket.if_indextoname(int(oif))
+        return oif, socket.if_indextoname(oif)
     except Exception as exc:  # noqa: BLE001 - no route: no hairpin element, as the reference does
         log.info("no host route to %s: %s", address.ip, exc)
         return None

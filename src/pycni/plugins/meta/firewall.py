@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 from typing import Any
 
 from pycni import faults, gcreport
@@ -169,6 +168,8 @@ def _ensure_host_accept(mark: int) -> None:
     for chain in _host_forward_chains():
         family, table, name = chain["family"], chain["table"], chain["name"]
         if _is_iptables_table(family, table):
+            import subprocess  # here: only a host with iptables-nft's FORWARD chain needs it
+
             tool = "iptables" if family == "ip" else "ip6tables"
             rule = [
                 "-m",

@@ -12,12 +12,10 @@ checks the address families the container has; GC removes stale mappings.
 from __future__ import annotations
 
 import logging
-import subprocess
 
 from pycni.net import sysctl
 from pycni.plugins.meta import _chained
 from pycni.plugins.meta import _portmap_conf as conf_mod
-from pycni.plugins.meta import _portmap_iptables as ipt
 from pycni.plugins.meta import _portmap_nft as nftb
 from pycni.skel import CmdArgs
 from pycni.spec import gokeys
@@ -44,15 +42,17 @@ def _enable_localnet_routing(conf: conf_mod.PortMapConf, addresses: dict[int, IP
 def _forget_udp_flows(conf: conf_mod.PortMapConf, families: list[int]) -> None:
     """Drop conntrack entries of the mapped UDP ports: a stale flow would blackhole the new mapping.
     Informative only, as in the reference."""
-    for family in families:
-        for m in conf.mappings_for(family):
-            if m.protocol != "udp":
-                continue
-            argv = ["conntrack", "-D", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp", "--orig-port-dst", str(m.host_port)]
-            try:
-                subprocess.run(argv, capture_output=True, check=False, timeout=10)
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.info("could not flush UDP conntrack entries for port %s: %s", m.host_port, exc)
+    udp = [(family, m) for family in families for m in conf.mappings_for(family) if m.protocol == "udp"]
+    if not udp:
+        return
+    import subprocess  # here: a call that maps only TCP ports does without it
+
+    for family, m in udp:
+        argv = ["conntrack", "-D", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp", "--orig-port-dst", str(m.host_port)]
+        try:
+            subprocess.run(argv, capture_output=True, check=False, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.info("could not flush UDP conntrack entries for port %s: %s", m.host_port, exc)
 
 
 def add(call: CmdArgs) -> Result:
@@ -63,6 +63,8 @@ def add(call: CmdArgs) -> Result:
     addresses = _chained.require_container_addresses(prev, call.ifname, "portmap")
     families = [f for f in sorted(addresses) if conf.mappings_for(f)]
     if conf.backend == "iptables":
+        from pycni.plugins.meta import _portmap_iptables as ipt  # the reference's layout: only on request
+
         with _chained.host_lock(LOCK + "-iptables"):
             ipt.add(conf, call.conf.name, call.container_id, call.ifname, addresses)
         _enable_localnet_routing(conf, addresses)
@@ -82,6 +84,8 @@ def check(call: CmdArgs) -> None:
     # Only the families the container has: the reference checks both and fails on IPv4-only containers.
     addresses = _chained.require_container_addresses(prev, call.ifname, "portmap")
     if conf.backend == "iptables":
+        from pycni.plugins.meta import _portmap_iptables as ipt
+
         ipt.check(conf, call.conf.name, call.container_id, call.ifname, addresses)
     else:
         indexes = {family: found[0] if (found := nftb.host_interface(a)) else None for family, a in addresses.items()}
@@ -96,6 +100,8 @@ def delete(call: CmdArgs) -> None:
         log.warning("portmap DEL with an invalid configuration (%s): removing this attachment's entries", err)
         conf = conf_mod.PortMapConf()
     if conf.backend == "iptables":
+        from pycni.plugins.meta import _portmap_iptables as ipt
+
         with _chained.host_lock(LOCK + "-iptables"):
             ipt.delete(call.conf.name, call.container_id, call.ifname)
         return
@@ -109,6 +115,8 @@ def gc(call: CmdArgs) -> None:
     with _chained.host_lock(LOCK):
         nftb.gc(call.conf.name, _chained.valid_tags(call))
     if backend == "iptables":
+        from pycni.plugins.meta import _portmap_iptables as ipt
+
         raw = call.conf.fields.raw("cni.dev/valid-attachments") or []
         valid = {(gokeys.get(a, "containerID", ""), gokeys.get(a, "ifname", "")) for a in raw if isinstance(a, dict)}
         with _chained.host_lock(LOCK + "-iptables"):
