@@ -18,7 +18,7 @@ def test_bench_harness_runs(reference_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for heading in ("### Bridge chain", "### ADD on an empty host", "concurrent ADDs", "### Calico chain", "### Memory"):
+    for heading in ("### Bridge chain", "### ADD and DEL on an empty host", "concurrent ADDs", "### Calico chain", "### Memory"):
         assert heading in out, out
     assert "| Go reference plugins |" in out
     assert "phase failed" not in out + proc.stderr, proc.stderr[-3000:]
