@@ -27,12 +27,15 @@ import lab
 
 FILL_WORKERS = 8
 REFERENCE_MAX = 500
+BRIDGE_PORTS = 1000  # a Linux bridge takes at most 1,024 ports (EXFULL): the rest go on a second network
+CALICO_BLOCK_SIZE = "24"  # calico-ipam claims at most 20 blocks per node (Calico's default): /26 blocks end at 1,280 pods
 IMPLS = ("reference", "ours", "calico")
 CALICO_ARGS = [("K8S_POD_NAMESPACE", "bench"), ("K8S_POD_NAME", "pod-{key}"), ("K8S_POD_INFRA_CONTAINER_ID", "{key}")]
 
 
-def fill(chain: Any, first: int, count: int, workers: int) -> None:
-    """ADD `count` background attachments (f<first>..), `workers` at a time."""
+def fill(chains: list[Any], first: int, count: int, workers: int) -> None:
+    """ADD `count` background attachments (f<first>..), `workers` at a time: the first
+    BRIDGE_PORTS on the first chain's network, the rest on the second's."""
     numbers = iter(range(first, first + count))
     lock = threading.Lock()
     errors: list[Exception] = []
@@ -44,7 +47,7 @@ def fill(chain: Any, first: int, count: int, workers: int) -> None:
             if i is None:
                 return
             try:
-                chain.add(f"f{i}", 40000 + i)
+                chains[min(i // BRIDGE_PORTS, len(chains) - 1)].add(f"f{i}", 40000 + i)
             except Exception as exc:  # noqa: BLE001  # any failure: raised below, in the phase's thread
                 errors.append(exc)
 
@@ -69,18 +72,22 @@ def agent_for(run_dir: Path, wanted: bool, profile: str) -> Iterator[lab.Agent |
             yield agent
 
 
-def _chains(run_dir: Path, impl: str, names: list[str]) -> dict[str, Any]:
+def _chains(run_dir: Path, impl: str, names: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    """The measured chains, and the chains the background attachments are made with."""
     import run  # bench/run.py: its Chain and the chains' configurations
 
     if impl != "calico":
-        return run.chains_for(run_dir, names, "s", 111)
+        chains = run.chains_for(run_dir, names, "s", 111)
+        return chains, [chains[names[0]], run.chains_for(run_dir, names[:1], "t", 121)[names[0]]]
     (run_dir / "calico").mkdir(exist_ok=True)
     (run_dir / "calico" / "kubeconfig").write_text("# not used: pycni has no Kubernetes API\n")
     (run_dir / "calico" / "nodename").write_text("bench-node")
     os.environ["CALICO_IPV4POOL_CIDR"] = run.CALICO_POOL  # the default pool calico-ipam creates
+    os.environ["CALICO_IPV4POOL_BLOCK_SIZE"] = CALICO_BLOCK_SIZE
     conf = run.calico_chain(run_dir, "embedded", "")
     all_variants = lab.variants(run_dir)
-    return {name: run.Chain(run_dir, all_variants[name], conf, CALICO_ARGS) for name in names}
+    chains = {name: run.Chain(run_dir, all_variants[name], conf, CALICO_ARGS) for name in names}
+    return chains, [chains[names[0]]]
 
 
 def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> 
         return {"note": note, "variants": {}}
     names = ["reference"] if impl == "reference" else ["agent", "in-process"]
     sizes = [n for n in params["sizes"] if impl != "reference" or n <= REFERENCE_MAX]
-    chains = _chains(run_dir, impl, names)
+    chains, fillers = _chains(run_dir, impl, names)
     profile = params.get("profile") or ""
     out: dict[str, Any] = {"variants": {name: {} for name in names}, "fill_seconds": {}, "agent_memory": {}, "note": note}
     if impl == "reference" and sizes != params["sizes"]:
@@ -108,7 +115,7 @@ def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> 
                 if profile:
                     Path(profile, "level").write_text("fill")
                 started = time.monotonic()
-                fill(chains[names[0]], made, size - made, 1 if impl == "reference" else FILL_WORKERS)
+                fill(fillers, made, size - made, 1 if impl == "reference" else FILL_WORKERS)
                 out["fill_seconds"][str(size)] = round(time.monotonic() - started, 1)
                 made = size
             if profile:
@@ -116,10 +123,27 @@ def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> 
             timed = run.timed_rounds(chains, params["rounds"], 31000 + 1000 * index, f"l{index}")
             for name in names:
                 out["variants"][name][str(size)] = timed[name]
+            out.setdefault("per_plugin", {})[str(size)] = per_plugin(run_dir / "agent.log", f"bench-l{index}")
             if agent is not None:
                 out["agent_memory"][str(size)] = {"peak_kib": agent.peak_rss_kib(), "rss_kib": agent.rss_kib()}
             lab.log(f"bench: scale {impl} at {size}: " + ", ".join(f"{n} {timed[n]['add']}/{timed[n]['del']} ms" for n in names))
     return out
+
+
+def per_plugin(agent_log: Path, prefix: str) -> dict[str, float]:
+    """Median milliseconds of each plugin's ADD and DEL in the agent (its log) for the
+    containers whose ID starts with `prefix`."""
+    import re
+    import statistics
+
+    pattern = re.compile(r"pycni\.agent (\S+) (ADD|DEL) container=(\S+) .*exit 0 in ([\d.]+) ms")
+    times: dict[str, list[float]] = {}
+    with contextlib.suppress(OSError):
+        for line in agent_log.read_text().splitlines():
+            found = pattern.search(line)
+            if found and found[3].startswith(prefix):
+                times.setdefault(f"{found[1]} {found[2]}", []).append(float(found[4]))
+    return {key: round(statistics.median(values), 1) for key, values in sorted(times.items())}
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -150,6 +174,9 @@ def render(data: dict[str, Any], labels: dict[str, str], verdict: Any) -> list[s
                     notes.append(f"- {chain}, {labels[name]}, {size}: {row['error']}")
         for size, seconds in part.get("fill_seconds", {}).items():
             notes.append(f"- {chain} ({impl}): filled to {size} attachments in {seconds} s")
+        for size, plugins in part.get("per_plugin", {}).items():
+            if plugins:
+                notes.append(f"- {chain}, in the agent at {size}: " + ", ".join(f"{k} {v} ms" for k, v in plugins.items()))
         for size, memory in part.get("agent_memory", {}).items():
             notes.append(f"- {chain}: the agent's peak RSS at {size} attachments: {memory['peak_kib'] / 1024:.1f} MiB")
     return [*lines, "", *notes, ""]

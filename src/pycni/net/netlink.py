@@ -104,13 +104,32 @@ def route(ns_path: str | None = None) -> Iterator[IPRoute]:
 
 SOL_NETLINK = 270
 NETLINK_GET_STRICT_CHK = 12
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_DUMP = 0x1, 0x4, 0x8, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETADDR, RTM_GETROUTE = 22, 26
 RTA_OIF, RTA_TABLE = 4, 15
 
 
 def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"") -> list[Any]:
+    return _exchange(ipr, msg_type, NLM_F_DUMP, header + attrs)
+
+
+def get_one(ipr: IPRoute, msg_type: int, body: bytes) -> Any | None:
+    """The one object the kernel looks up by the key in `body` (a request without NLM_F_DUMP,
+    e.g. RTM_GETQDISC by link and parent): its message, or None when there is none (ENOENT).
+    NLM_F_ECHO: tc answers such a request as a notification, to the asker only when echo is asked."""
+    try:
+        found = _exchange(ipr, msg_type, NLM_F_ACK | NLM_F_ECHO, body)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def _exchange(ipr: IPRoute, msg_type: int, flags: int, body: bytes) -> list[Any]:
+    """Send one request (a dump, or a lookup with NLM_F_ACK) in `ipr`'s namespace and decode
+    the messages of the reply's type (pyroute2's classes)."""
     _load_pyroute2()
     from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -119,8 +138,7 @@ def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         sock.bind((0, 0))
-        body = header + attrs
-        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+        sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | flags, 1, 0) + body)
         chunks = []
         while True:
             data = sock.recv(1 << 17)
@@ -150,7 +168,6 @@ def attr(kind: int, value: bytes) -> bytes:
 
 
 _attr = attr
-NLM_F_ACK = 0x4
 
 
 def request(ns_path: str | None, msg_type: int, flags: int, body: bytes) -> None:
