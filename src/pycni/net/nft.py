@@ -82,19 +82,48 @@ def run_text(script: str, what: str = "transaction") -> None:
         raise NftError(what, err)
 
 
-def run_text_echo(script: str, what: str = "transaction") -> list[dict[str, Any]]:
-    """`run_text`, returning what the transaction added as the kernel echoes it (with handles):
-    e.g. [{"rule": {"handle": 7, "comment": ...}}, ...]."""
-    with _context() as ctx:
-        ctx.set_echo_output(True)
-        try:
-            rc, out, err = ctx.cmd(script)
-        finally:
-            ctx.set_echo_output(False)
-    if rc != 0:
-        raise NftError(what, err)
-    data = json.loads(out) if out else {"nftables": []}
-    return [item["add"] for item in data.get("nftables", []) if "add" in item]
+def run_text_new_rules(script: str, table: str, chain: str, what: str = "transaction") -> list[tuple[int, str]]:
+    """`run_text`, returning (handle, comment) of each rule it added to `chain` of `table`, in
+    the order added. libnftables' echo (`set_echo_output`) fetches the whole ruleset first to
+    print what it echoes, a cost that grows with every rule and element on the host; the
+    kernel announces each new rule to the listeners of NFNLGRP_NFTABLES, handle and comment
+    included, before it acknowledges the transaction: a socket listening during the
+    transaction reads them. None of the rules found (another process's changes overflowed
+    the socket): an empty list, and the caller does without handles."""
+    listener = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        listener.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+        run_text(script, what)
+        found: list[tuple[int, str]] = []
+        while True:
+            try:
+                data = listener.recv(1 << 16)
+            except BlockingIOError:
+                return sorted(found)
+            except OSError:  # ENOBUFS: some announcements were lost
+                return []
+            found += _new_rules(data, table, chain)
+    finally:
+        listener.close()
+
+
+def _new_rules(data: bytes, table: str, chain: str) -> list[tuple[int, str]]:
+    """(handle, comment) of the NFT_MSG_NEWRULE messages in `data` for `chain` of `table`."""
+    out = []
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16:
+            break
+        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE:
+            attrs = _attrs(data[offset + 20 : offset + length])
+            names = (attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0"), attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0"))
+            if names == (table.encode(), chain.encode()) and NFTA_RULE_HANDLE in attrs:
+                (handle,) = struct.unpack("!Q", attrs[NFTA_RULE_HANDLE])
+                out.append((handle, _comment(attrs.get(NFTA_RULE_USERDATA, b""))))
+        offset += (length + 3) & ~3
+    return out
 
 
 def list_objects(target: str) -> list[dict[str, Any]]:
@@ -144,7 +173,8 @@ def list_ruleset(family: str) -> list[dict[str, Any]]:
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETRULE = 7
+NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 6, 7
+NFNLGRP_NFTABLES = 7
 NFT_MSG_NEWSET, NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 9, 10, 12, 13
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_USERDATA = 1, 2, 3, 7
 NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
