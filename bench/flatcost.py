@@ -120,10 +120,11 @@ def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> 
                 made = size
             if profile:
                 Path(profile, "level").write_text(str(size))
-            timed = run.timed_rounds(chains, params["rounds"], 31000 + 1000 * index, f"l{index}")
+            tag = f"{impl[0]}{index}"  # the chains share the agent's log: their containers' IDs tell them apart
+            timed = run.timed_rounds(chains, params["rounds"], 31000 + 1000 * index, tag)
             for name in names:
                 out["variants"][name][str(size)] = timed[name]
-            out.setdefault("per_plugin", {})[str(size)] = per_plugin(run_dir / "agent.log", f"bench-l{index}")
+            out.setdefault("per_plugin", {})[str(size)] = per_plugin(run_dir / "agent.log", f"bench-{tag}")
             if agent is not None:
                 out["agent_memory"][str(size)] = {"peak_kib": agent.peak_rss_kib(), "rss_kib": agent.rss_kib()}
             lab.log(f"bench: scale {impl} at {size}: " + ", ".join(f"{n} {timed[n]['add']}/{timed[n]['del']} ms" for n in names))
