@@ -121,7 +121,12 @@ def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> 
             if profile:
                 Path(profile, "level").write_text(str(size))
             tag = f"{impl[0]}{index}"  # the chains share the agent's log: their containers' IDs tell them apart
-            timed = run.timed_rounds(chains, params["rounds"], 31000 + 1000 * index, tag)
+            # One variant after the other: the standalone calls write host-local's store behind the
+            # agent's back, which would make the agent rebuild its index on every round (the
+            # warm-up rounds absorb the one rebuild of a block).
+            timed = {}
+            for name in names:
+                timed.update(run.timed_rounds({name: chains[name]}, params["rounds"], 31000 + 1000 * index, tag))
             for name in names:
                 out["variants"][name][str(size)] = timed[name]
             out.setdefault("per_plugin", {})[str(size)] = per_plugin(run_dir / "agent.log", f"bench-{tag}")
