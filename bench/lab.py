@@ -135,10 +135,12 @@ def _status_kib(pid: int, key: str) -> int:
 
 
 @contextlib.contextmanager
-def running_agent(run_dir: Path) -> Iterator[Agent]:
-    """`pycni agent` on this run's socket, in the current (host) namespace."""
+def running_agent(run_dir: Path, launch: list[str] | None = None) -> Iterator[Agent]:
+    """`pycni agent` on this run's socket, in the current (host) namespace (`launch`: what
+    runs `pycni`'s command line instead of `-m pycni.cli.main`, e.g. bench/profagent.py)."""
     sock = agent_socket(run_dir)
-    argv = [PYTHON, "-m", "pycni.cli.main", "agent", "--socket", str(sock), "--log-file", str(run_dir / "agent.log")]
+    argv = [PYTHON, *(launch or ["-m", "pycni.cli.main"]), "agent", "--socket", str(sock)]
+    argv += ["--log-file", str(run_dir / "agent.log")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while True:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flatcost
 import ondemand
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -69,30 +70,6 @@ def _chain(data: dict[str, Any]) -> list[str]:
     return [*lines, "", *_notes(data), *errors, ""]
 
 
-def _scale(data: dict[str, Any], attachments: int) -> list[str]:
-    lines = [
-        f"### ADD on an empty host and with {attachments} attachments already there",
-        "",
-        f"| variant | ADD, empty (ms) | ADD, {attachments} attachments (ms) | growth | target |",
-        "|---|---:|---:|---:|---|",
-    ]
-    notes: list[str] = []
-    for impl in ("reference", "ours"):
-        part = data.get(impl, {})
-        notes += _notes(part)
-        for name, row in part.get("variants", {}).items():
-            empty, loaded = row["empty"].get("add"), row["loaded"].get("add")
-            growth = _ratio(loaded, empty)
-            target = "" if name == "reference" else _verdict(growth, 1.2)
-            lines.append(f"| {LABELS[name]} | {_ms(empty)} | {_ms(loaded)} | {_x(growth)} | {target} |")
-            for phase in ("empty", "loaded"):
-                if row[phase].get("error"):
-                    notes.append(f"- {LABELS[name]} ({phase}): {row[phase]['error']}")
-        if part.get("fill_seconds") is not None:
-            notes.append(f"- {impl}: {attachments} attachments made in {part['fill_seconds']} s")
-    return [*lines, "", *notes, ""]
-
-
 def _concurrent(data: dict[str, Any], count: int) -> list[str]:
     variants = data.get("variants", {})
     ref = variants.get("reference", {})
@@ -130,16 +107,15 @@ def _calico(data: dict[str, Any]) -> list[str]:
     return [*lines, "", *notes, ""]
 
 
-def _memory(chain: dict[str, Any], scale: dict[str, Any], attachments: int) -> list[str]:
+def _memory(chain: dict[str, Any], scale: dict[str, Any]) -> list[str]:
     memory = chain.get("memory", {})
-    ours_scale = scale.get("ours", {}).get("agent_memory") or {}
+    attachments, agent_loaded = flatcost.agent_peak(scale)
 
     def peak(name: str) -> int | None:
         value = memory.get(name, {}).get("peak_kib")
         return int(value) if value else None
 
     launcher = peak("agent")
-    agent_loaded = ours_scale.get("peak_kib")
     loaded_target = _verdict(agent_loaded and agent_loaded / 1024, 80)
     rows = [
         ("a launcher, through the agent (largest of the chain's plugins)", launcher, _verdict(launcher and launcher / 1024, 15)),
@@ -170,7 +146,7 @@ def render(results: dict[str, Any]) -> str:
     if "chain" in s:
         body += _chain(s["chain"])
     if "scale" in s:
-        body += _scale(s["scale"], p["attachments"])
+        body += flatcost.render(s["scale"], LABELS, _verdict)
     if "concurrent" in s:
         body += _concurrent(s["concurrent"], p["concurrency"])
     if "calico" in s:
@@ -178,7 +154,7 @@ def render(results: dict[str, Any]) -> str:
     if "ondemand" in s:
         body += ondemand.render(s["ondemand"])
     if "chain" in s or "scale" in s:
-        body += _memory(s.get("chain", {}), s.get("scale", {}), p["attachments"])
+        body += _memory(s.get("chain", {}), s.get("scale", {}))
     return "\n".join(head + body).rstrip() + "\n"
 
 

@@ -1,13 +1,15 @@
 """`make bench`: pycni against Debian's Go reference plugins, side by side, in one run.
 
-    python bench/run.py [--rounds 20] [--attachments 500] [--concurrency 256]
-                        [--only chain,scale,concurrent,calico,ondemand] [--smoke] [--no-readme]
+    python bench/run.py [--rounds 20] [--attachments 500,2000] [--concurrency 256]
+                        [--only chain,scale,concurrent,calico,ondemand] [--smoke] [--no-readme] [--profile DIR]
 
 Scenarios (each in a private host namespace, see lab.py):
   chain       ADD and DEL of bridge + host-local + portmap + bandwidth driven by one
               runtime (pycni.runtime), for the reference, ours through the agent and
               ours without it; peak memory of the launchers.
-  scale       the same ADD on an empty host and with --attachments already there.
+  scale       ADD and DEL on an empty host and with each of --attachments already
+              there, bridge and calico chains, through the agent and standalone
+              (bench/flatcost.py).
   concurrent  --concurrency simultaneous ADDs into one host-local range: wall time,
               and no address given twice.
   calico      calico + calico-ipam + portmap + bandwidth with the embedded store and
@@ -37,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import flatcost
 import lab
 import ondemand
 import report
@@ -48,7 +51,7 @@ from pycni.spec.errors import CNIError
 SCENARIOS = ("chain", "scale", "concurrent", "calico", "ondemand")
 NEEDS = {
     "chain": ["bridge", "host-local", "portmap", "bandwidth"],
-    "scale": ["bridge", "host-local", "portmap", "bandwidth"],
+    "scale": ["bridge", "host-local", "portmap", "bandwidth"],  # and calico's, for its chain
     "concurrent": ["host-local"],
     "calico": ["calico", "calico-ipam", "portmap", "bandwidth"],
     "ondemand": ["bridge", "host-local", "portmap", "bandwidth"],
@@ -238,31 +241,6 @@ def _conf_of(chain: Chain) -> dict[str, Any]:
     return {"cniVersion": chain.net.cni_version, "name": chain.net.name, "plugins": chain.net.plugins}
 
 
-def phase_scale(run_dir: Path, params: dict[str, Any], available: list[str]) -> dict[str, Any]:
-    """For the reference, then for ours: ADD on the empty host, fill it with
-    `attachments` attachments, ADD again. Each on its own, so that the host holds only
-    that implementation's attachments."""
-    impl = params["impl"]
-    usable, note = ours_usable(available, "scale")
-    if impl == "reference":
-        note = ""
-    elif not usable:
-        return {"note": note, "variants": {}}
-    names = ["reference"] if impl == "reference" else ["agent", "in-process"]
-    chains = chains_for(run_dir, names, "s", 111)
-    with maybe_agent(run_dir, impl == "ours") as agent:
-        empty = timed_rounds(chains, params["rounds"], 31000, "e")
-        filler = chains[names[0]]  # ours fills through the agent: the same plugins either way
-        started = time.monotonic()
-        for i in range(params["attachments"]):
-            filler.add(f"f{i}", 40000 + i)
-        fill_seconds = round(time.monotonic() - started, 1)
-        loaded = timed_rounds(chains, params["rounds"], 32000, "l")
-        memory = {"peak_kib": agent.peak_rss_kib(), "rss_kib": agent.rss_kib()} if agent else None
-    variants = {name: {"empty": empty[name], "loaded": loaded[name]} for name in names}
-    return {"variants": variants, "fill_seconds": fill_seconds, "agent_memory": memory, "note": note}
-
-
 def phase_concurrent(run_dir: Path, params: dict[str, Any], available: list[str]) -> dict[str, Any]:
     usable, note = ours_usable(available, "concurrent")
     names = ["reference", "agent", "in-process"] if usable else ["reference"]
@@ -408,7 +386,7 @@ def phase_calico(run_dir: Path, params: dict[str, Any], available: list[str]) ->
 
 PHASES: dict[str, Callable[[Path, dict[str, Any], list[str]], dict[str, Any]]] = {
     "chain": phase_chain,
-    "scale": phase_scale,
+    "scale": flatcost.phase_scale,
     "concurrent": phase_concurrent,
     "calico": phase_calico,
     "ondemand": ondemand.phase_ondemand,
@@ -438,7 +416,9 @@ def run_phase(run_dir: Path, phase: str, params: dict[str, Any]) -> dict[str, An
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--attachments", type=int, default=500)
+    parser.add_argument("--attachments", default="500,2000", help="comma-separated sizes of the scale scenario")
+    parser.add_argument("--scale-chains", default=",".join(flatcost.IMPLS), help="scale: which of reference,ours,calico")
+    parser.add_argument("--profile", default="", help="scale: profile the agent's calls into this directory (bench/flatcost.py)")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--smoke", action="store_true", help="one round, 3 attachments, 4 concurrent ADDs: does it run?")
@@ -456,14 +436,16 @@ def main() -> int:
         print("bench: run as root (it creates namespaces, bridges and firewall rules)", file=sys.stderr)
         return 1
     if opts.smoke:
-        opts.rounds, opts.attachments, opts.concurrency = 1, 3, 4
+        opts.rounds, opts.attachments, opts.concurrency = 1, "3", 4
     wanted = [s for s in opts.only.split(",") if s]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     run_dir = Path(tempfile.mkdtemp(prefix="pycni-bench-", dir="/run"))
     available = lab.our_plugins()
-    params = {"rounds": opts.rounds, "attachments": opts.attachments, "concurrency": opts.concurrency, "available": available}
+    sizes = [int(n) for n in opts.attachments.split(",") if n]
+    params = {"rounds": opts.rounds, "sizes": sizes, "concurrency": opts.concurrency, "available": available}
+    params["profile"] = opts.profile
     results: dict[str, Any] = {"machine": lab.machine(), "params": params, "scenarios": {}}
     started = time.monotonic()
     try:
@@ -471,7 +453,7 @@ def main() -> int:
             lab.log(f"bench: {scenario}...")
             if scenario == "scale":
                 results["scenarios"]["scale"] = {
-                    impl: run_phase(run_dir, "scale", {**params, "impl": impl}) for impl in ("reference", "ours")
+                    impl: run_phase(run_dir, "scale", {**params, "impl": impl}) for impl in opts.scale_chains.split(",")
                 }
             else:
                 results["scenarios"][scenario] = run_phase(run_dir, scenario, params)

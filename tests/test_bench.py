@@ -18,7 +18,7 @@ def test_bench_harness_runs(reference_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    headings = ("### Bridge chain", "### ADD on an empty host", "concurrent ADDs", "### Calico chain", "### Memory")
+    headings = ("### Bridge chain", "### ADD and DEL on an empty host", "concurrent ADDs", "### Calico chain", "### Memory")
     for heading in (*headings, "### Agent started on demand"):
         assert heading in out, out
     assert "| Go reference plugins |" in out

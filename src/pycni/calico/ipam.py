@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import ipaddress
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ from pycni.calico.resources import NODE, Resources
 from pycni.spec.errors import CNIError, Code
 
 DEFAULT_MAX_BLOCKS_PER_HOST = 20
+
+# The node's affine block that last had room, per (store, host, IP version), in a process that
+# lives on (the agent): tried first, it spares reading every full affine block before it
+# (Calico's order, which costs a block read per full block: 31 at 2,000 pods in /26 blocks).
+# Only an order: a block that filled up since is read and passed over as before.
+_last_with_room: dict[tuple[str, str, int], IPNetwork] = {}
+_last_with_room_lock = threading.Lock()
 EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0
 
 
@@ -286,6 +294,12 @@ class IPAM:
         if max_blocks == 0:
             max_blocks = DEFAULT_MAX_BLOCKS_PER_HOST
         affine = [c for c in self.affine_blocks(host, version) if any(c.subnet_of(p.cidr) for p in pools)]  # type: ignore[arg-type]
+        hint_key = (self.store.identity, host, version)
+        with _last_with_room_lock:
+            hint = _last_with_room.get(hint_key)
+        if hint in affine:
+            affine.remove(hint)
+            affine.insert(0, hint)
         state = _AssignState(host, version, pools, affine, config, owned=len(affine))
         result = Assignments(version, num)
         while len(result.ips) < num:
@@ -304,6 +318,8 @@ class IPAM:
             if claimed:
                 state.owned += 1
             ips = self._assign_from_block(block.cidr, num - len(result.ips), handle_id, attrs, host, config.strict_affinity)
+            with _last_with_room_lock:
+                _last_with_room[hint_key] = block.cidr
             result.ips.extend(ipaddress.ip_interface(f"{ip}/{block.cidr.prefixlen}") for ip in ips)
         remaining = num - len(result.ips)
         if not config.strict_affinity and remaining:

@@ -152,9 +152,13 @@ class IPMasq:
             *(f"delete rule inet {TABLE} {CHAIN} handle {handle}" for handle in stale),
             *(f'add rule inet {TABLE} {CHAIN} {_masq_rule(a)} comment "{note}"' for a in self.addresses),
         ]
-        added = nft.run_text_echo("\n".join(script) + "\n", "setting up ipMasq")
-        rules = [o["rule"] for o in added if "rule" in o and o["rule"].get("chain") == CHAIN]
-        _write_record(self.instance, {int(r["handle"]): str(_saddr(r)) for r in rules})
+        added = nft.run_text_new_rules("\n".join(script) + "\n", TABLE, CHAIN, "setting up ipMasq")
+        # Handles grow in the order the rules were added: the n-th of this attachment's is addresses[n]'s.
+        ours = [handle for handle, text in added if text == note]
+        if len(ours) == len(self.addresses):
+            _write_record(self.instance, {h: str(a.ip) for h, a in zip(ours, self.addresses, strict=True)})
+        else:  # announcements lost: DEL and CHECK list the chain, as for rules made by the reference
+            _drop_record(self.instance)
 
     def remove(self) -> None:
         _delete_handles(_attachment_rules(self.instance), "removing ipMasq rules")

@@ -123,7 +123,7 @@ def route(ns_path: str | None = None) -> Iterator[IPRoute]:
 
 SOL_NETLINK = 270
 NETLINK_GET_STRICT_CHK = 12
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_DUMP = 0x1, 0x4, 0x8, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETADDR, RTM_GETROUTE = 22, 26
 RTA_OIF, RTA_TABLE = 4, 15
@@ -183,14 +183,33 @@ def _socket_for(ns_path: str | None, ipr: Any = None) -> Iterator[socket.socket]
 
 
 def _filtered_dump(ipr: IPRoute, msg_type: int, header: bytes, attrs: bytes = b"") -> list[Any]:
+    return _request(ipr, msg_type, NLM_F_DUMP, header + attrs)
+
+
+def get_one(ipr: IPRoute, msg_type: int, body: bytes) -> Any | None:
+    """The one object the kernel looks up by the key in `body` (a request without NLM_F_DUMP,
+    e.g. RTM_GETQDISC by link and parent): its message, or None when there is none (ENOENT).
+    NLM_F_ECHO: tc answers such a request as a notification, to the asker only when echo is asked."""
+    try:
+        found = _request(ipr, msg_type, NLM_F_ACK | NLM_F_ECHO, body)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def _request(ipr: IPRoute, msg_type: int, flags: int, body: bytes) -> list[Any]:
+    """Send one request (a kernel-filtered dump, or a lookup with NLM_F_ACK) in `ipr`'s namespace
+    and decode the messages of the reply's type (pyroute2's classes)."""
     _load_pyroute2()
     from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
     with _socket_for(getattr(ipr, "pycni_ns", None), ipr) as sock:
-        # Strict checking only for this dump: pyroute2's own requests on the socket expect none.
+        # Strict checking only for this request: pyroute2's own requests on the socket expect none.
         sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         try:
-            chunks = _exchange(sock, msg_type, NLM_F_DUMP, header + attrs)
+            chunks = _exchange(sock, msg_type, flags, body)
         finally:
             sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
     marshal = MarshalRtnl()
@@ -208,7 +227,6 @@ def attr(kind: int, value: bytes) -> bytes:
 
 
 _attr = attr
-NLM_F_ACK = 0x4
 
 
 def request(ns_path: str | None, msg_type: int, flags: int, body: bytes) -> None:

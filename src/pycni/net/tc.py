@@ -144,30 +144,33 @@ class Qdisc:
     options: dict[str, Any]
 
 
-def qdiscs(ipr: Any, index: int) -> list[Qdisc]:
-    found = []
-    for msg in ipr.get_qdiscs(index=index):
-        if msg["index"] != index:
-            continue
-        options: dict[str, Any] = {}
-        opts = msg.get_attr("TCA_OPTIONS")
-        if opts is not None:
-            parms = opts.get_attr("TCA_TBF_PARMS") if msg.get_attr("TCA_KIND") == "tbf" else None
-            if parms is not None:
-                options = {"rate": parms["rate"], "buffer": parms["buffer"], "limit": parms["limit"]}
-        found.append(Qdisc(str(msg.get_attr("TCA_KIND")), int(msg["handle"]), int(msg["parent"]), options))
-    return found
+RTM_GETQDISC = 38
+
+
+def qdisc(ipr: Any, index: int, parent: int) -> Qdisc | None:
+    """The qdisc of link `index` at `parent` (TC_H_ROOT or TC_H_INGRESS), looked up by the
+    kernel: a dump lists every qdisc of the host (the kernel does not filter qdisc dumps by
+    link), which made bandwidth's DEL grow with the number of pods."""
+    body = struct.pack("=BxxxiIII", socket.AF_UNSPEC, index, 0, parent, 0)
+    msg = netlink.get_one(ipr, RTM_GETQDISC, body)
+    if msg is None:
+        return None
+    options: dict[str, Any] = {}
+    opts = msg.get_attr("TCA_OPTIONS")
+    parms = opts.get_attr("TCA_TBF_PARMS") if opts is not None and msg.get_attr("TCA_KIND") == "tbf" else None
+    if parms is not None:
+        options = {"rate": parms["rate"], "buffer": parms["buffer"], "limit": parms["limit"]}
+    return Qdisc(str(msg.get_attr("TCA_KIND")), int(msg["handle"]), int(msg["parent"]), options)
 
 
 def root_tbf(ipr: Any, index: int) -> Qdisc | None:
-    for q in qdiscs(ipr, index):
-        if q.kind == "tbf" and q.handle == ROOT_HANDLE:
-            return q
-    return None
+    q = qdisc(ipr, index, TC_H_ROOT)
+    return q if q is not None and q.kind == "tbf" and q.handle == ROOT_HANDLE else None
 
 
 def has_ingress(ipr: Any, index: int) -> bool:
-    return any(q.kind == "ingress" for q in qdiscs(ipr, index))
+    q = qdisc(ipr, index, TC_H_INGRESS)
+    return q is not None and q.kind == "ingress"
 
 
 def matches(q: Qdisc | None, tbf: TBF) -> bool:

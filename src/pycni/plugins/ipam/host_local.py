@@ -74,7 +74,7 @@ def add(call: CmdArgs) -> Result:
     if config.resolv_conf:
         result.dns = parse_resolv_conf(config.resolv_conf)
     taken: list[IPAddress] = []
-    with Store(config.data_dir, config.network) as store:
+    with Store(config.data_dir, config.network, indexed=call.mode.via_agent) as store:
         positions = [store.last_reserved(index) for index in range(len(config.range_sets))]
         try:
             for index, range_set in enumerate(config.range_sets):
@@ -96,7 +96,7 @@ def add(call: CmdArgs) -> Result:
 
 def check(call: CmdArgs) -> None:
     config = load(call)
-    with Store(config.data_dir, config.network, create=False) as store:
+    with Store(config.data_dir, config.network, create=False, indexed=call.mode.via_agent) as store:
         held = store.held_by(call.container_id, call.ifname)
     if not held:
         raise CNIError(Code.UNKNOWN_CONTAINER, f"Failed to find address added by container {call.container_id}")
@@ -109,7 +109,7 @@ def check(call: CmdArgs) -> None:
 
 def delete(call: CmdArgs) -> None:
     config = load(call, strict=False)
-    with Store(config.data_dir, config.network, create=False) as store:
+    with Store(config.data_dir, config.network, create=False, indexed=call.mode.via_agent) as store:
         store.release_attachment(call.container_id, call.ifname)
 
 

@@ -208,6 +208,16 @@ def _add_commands(entries: Iterable[Entry], tag: str) -> list[str]:
     return cmds
 
 
+def _element_changes(entries: Iterable[Entry], tag: str, delete: bool = False) -> list[nft.ElementChange]:
+    """The same as `_add_commands` (or `_delete_commands`), as netlink element changes."""
+    out = []
+    for e in entries:
+        op = "delete" if delete else "create" if _is_target(e) else "add"
+        data = _key_bytes(e.data) if e.data is not None and not delete else None
+        out.append(nft.ElementChange(op, FAMILIES[e.family][0], TABLE, e.obj, _key_bytes(e.key), data, tag))
+    return out
+
+
 def _delete_commands(entries: Iterable[Entry]) -> list[str]:
     return [f"delete element {FAMILIES[e.family][0]} {TABLE} {e.obj} {{ {e.key} }}" for e in entries]
 
@@ -244,7 +254,7 @@ def _owned(entries: Iterable[Entry], tag: str) -> list[Entry]:
 
 def _delete_owned(entries: list[Entry], tag: str, what: str) -> None:
     """Delete this attachment's entries that are still there and still its own, in one transaction."""
-    nft.run_text("\n".join(_delete_commands(_owned(entries, tag))), what)
+    nft.change_elements(_element_changes(_owned(entries, tag), tag, delete=True), what)
 
 
 # -- the table's structure (listed without elements) ----------------------------------------
@@ -386,7 +396,7 @@ def add(
         members = {(FAMILIES[e.family][0], e.obj) for e in entries if e.obj.startswith(NETWORK_OBJECT)}
         if previous is None and all(nft.set_exists(fam, TABLE, obj) for fam, obj in members):
             try:
-                nft.run_text("\n".join(_add_commands(entries, tag)), "portmap ADD")
+                nft.change_elements(_element_changes(entries, tag), "portmap ADD")
                 faults.checkpoint("portmap-rules-added")
                 return
             except nft.NftError as err:
