@@ -38,13 +38,13 @@ def test_a_lookup_decodes_one_qdisc_whatever_the_host_holds(netns: NetNS, monkey
             tc.add_tbf(ipr, ipr.link_lookup(ifname=f"qs{i}")[0], TBF)
         target = ipr.link_lookup(ifname="qs7")[0]
         requests: list[tuple[int, int]] = []
-        original = netlink._exchange
+        original = netlink._request
 
         def counting(ipr_: Any, msg_type: int, flags: int, body: bytes) -> list[Any]:
             found = original(ipr_, msg_type, flags, body)
             requests.append((flags & netlink.NLM_F_DUMP, len(found)))
             return found
 
-        monkeypatch.setattr(netlink, "_exchange", counting)
+        monkeypatch.setattr(netlink, "_request", counting)
         assert tc.matches(tc.root_tbf(ipr, target), TBF)
     assert requests == [(0, 1)]
