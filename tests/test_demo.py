@@ -4,23 +4,12 @@ so that its fixed names (test-cni, cni0) and host-local's default store cannot m
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .demos import ROOT, run_demo
 
 
 def test_demo_walks_through_the_chapter_and_cleans_up() -> None:
-    script = "scripts/demo.sh && ip link show cni0 2>&1; ip netns list"
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "in-netns.sh"), "bash", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_demo("demo.sh", "ip link show cni0 2>&1; ip netns list", timeout=120)
     for expected in (
         "$ export CNI_COMMAND=ADD CNI_CONTAINERID=test123 CNI_NETNS=/var/run/netns/test-cni CNI_IFNAME=eth0",
         '"address": "10.22.0.2/16"',

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..demos import run_demo
 
 
 def test_demo_flannel_shows_leases_and_pings_then_cleans_up() -> None:
-    script = "scripts/demo-flannel.sh && ip -brief link; ip netns list"
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "in-netns.sh"), "bash", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_demo("demo-flannel.sh", "ip -brief link; ip netns list", timeout=180)
     for expected in (
         "FLANNEL_SUBNET=10.244.",
         "FLANNEL_IPMASQ=true",

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[3]
+from ...demos import run_demo
 
 
 def test_demo_cluster_pings_shows_bgp_and_policy_then_cleans_up() -> None:
-    script = "scripts/demo-cluster.sh && ip -brief link; ip netns list"
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "in-netns.sh"), "bash", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_demo("demo-cluster.sh", "ip -brief link; ip netns list", timeout=240)
     assert out.count(": ok") == 12 and "FAILED" not in out
     assert out.count("| node-to-node mesh | up ") == 6  # each of three nodes sees two peers
     assert "Established" in out and "(64512)" in out
